@@ -1,0 +1,1 @@
+"""The kaygraph-otel dashboard: a Starlette app that streams schema events to browsers."""

@@ -1,0 +1,208 @@
+"""The ``kaygraph-otel`` command: serve the dashboard, or run the demo workflow with it.
+
+Usage::
+
+    kaygraph-otel dashboard --redis-url redis://127.0.0.1:6379/0
+    kaygraph-otel demo --runs 3
+
+Errors that the user can fix (a port in use, an invalid URL, a missing token)
+print one line to stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from kaygraph_otel_dashboard.app import ConfigurationError, create_app
+from kaygraph_otel_dashboard.relay import DEFAULT_CHANNEL
+from kaygraph_otel_dashboard.server import DEFAULT_HOST, DEFAULT_PORT, serve
+
+logger = logging.getLogger(__name__)
+
+PROG = "kaygraph-otel"
+EXIT_USAGE = 2
+ENV_TOKEN = "KAYGRAPH_OTEL_DASHBOARD_TOKEN"
+# The same variables configure the Redis exporter, so one setting serves both ends.
+ENV_REDIS_URL = "KAYGRAPH_OTEL_REDIS_URL"
+ENV_REDIS_CHANNEL = "KAYGRAPH_OTEL_REDIS_CHANNEL"
+DEMO_MODULE = "kaygraph_otel_dashboard.demo"
+
+
+def _env(name: str) -> str | None:
+    value = os.environ.get(name, "").strip()
+    return value or None
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}: expected a number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid port {port}: expected 0 to 65535")
+    return port
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: expected a number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid count {value}: expected 1 or more")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: expected seconds") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: expected 0 or more seconds")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser with the ``dashboard`` and ``demo`` subcommands."""
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Live monitoring for KayGraph and PocketFlow workflows."
+    )
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="level of log messages written to stderr (default: info)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    dashboard = commands.add_parser(
+        "dashboard",
+        help="serve the live dashboard",
+        description="Serve the live dashboard until Ctrl-C or SIGTERM.",
+    )
+    dashboard.add_argument(
+        "--host", default=DEFAULT_HOST, help=f"address to listen on (default: {DEFAULT_HOST})"
+    )
+    dashboard.add_argument(
+        "--port", type=_port, default=DEFAULT_PORT, help=f"TCP port (default: {DEFAULT_PORT})"
+    )
+    dashboard.add_argument(
+        "--redis-url",
+        default=_env(ENV_REDIS_URL),
+        help=f"read events from this Redis server's Pub/Sub channel (default: ${ENV_REDIS_URL}; "
+        "without it the dashboard only shows events published in its own process)",
+    )
+    dashboard.add_argument(
+        "--channel",
+        default=_env(ENV_REDIS_CHANNEL) or DEFAULT_CHANNEL,
+        help=f"Redis Pub/Sub channel (default: ${ENV_REDIS_CHANNEL} or {DEFAULT_CHANNEL})",
+    )
+    dashboard.add_argument(
+        "--token",
+        default=_env(ENV_TOKEN),
+        help=f"require this token on every request (default: ${ENV_TOKEN}); "
+        "required when --host is not a loopback address",
+    )
+    dashboard.set_defaults(handler=_run_dashboard)
+
+    demo = commands.add_parser(
+        "demo",
+        help="run a demo workflow and watch it on the dashboard",
+        description="Run an instrumented demo workflow repeatedly and serve the dashboard.",
+    )
+    demo.add_argument(
+        "--port", type=_port, default=DEFAULT_PORT, help=f"dashboard TCP port (default: {DEFAULT_PORT})"
+    )
+    demo.add_argument(
+        "--runs", type=_positive_int, default=3, help="number of workflow runs (default: 3)"
+    )
+    demo.add_argument(
+        "--redis-url",
+        default=_env(ENV_REDIS_URL),
+        help=f"also publish events to this Redis server (default: ${ENV_REDIS_URL})",
+    )
+    demo.add_argument(
+        "--no-dashboard",
+        action="store_true",
+        help="run the workflow without serving the dashboard",
+    )
+    demo.add_argument(
+        "--interval",
+        type=_seconds,
+        default=1.0,
+        help="seconds to wait between two runs (default: 1.0)",
+    )
+    demo.add_argument(
+        "--files",
+        type=_positive_int,
+        default=5,
+        help="number of input files that each run processes (default: 5)",
+    )
+    demo.set_defaults(handler=_run_demo)
+    return parser
+
+
+def _run_dashboard(args: argparse.Namespace) -> int:
+    if args.redis_url is None:
+        print(
+            f"{PROG}: note: no --redis-url, so the dashboard shows only events published "
+            "in this process; pass --redis-url to watch workflows that publish to Redis",
+            file=sys.stderr,
+        )
+    app = create_app(redis_url=args.redis_url, channel=args.channel, token=args.token)
+
+    def announce(url: str) -> None:
+        mode = f"Redis channel {args.channel}" if args.redis_url else "embedded mode"
+        suffix = " (add ?token=<your token> to the URL)" if args.token else ""
+        print(f"Dashboard ({mode}): {url}{suffix}; press Ctrl-C to stop", flush=True)
+
+    try:
+        serve(app, args.host, args.port, log_level=args.log_level, on_ready=announce)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    try:
+        demo = importlib.import_module(DEMO_MODULE)
+    except ModuleNotFoundError as error:
+        if error.name != DEMO_MODULE:
+            raise
+        print(
+            f"{PROG}: error: the demo is not available because module {DEMO_MODULE} is "
+            "missing from this installation",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    try:
+        return int(demo.run_demo(args))
+    except KeyboardInterrupt:
+        return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``kaygraph-otel`` command and return its exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.handler(args))
+    except (ConfigurationError, OSError) as error:
+        # OSError's str() starts with "[Errno N]"; its strerror holds the message alone.
+        message = error.strerror if isinstance(error, OSError) and error.strerror else error
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
