@@ -48,11 +48,18 @@ def _port(text: str) -> int:
     return port
 
 
-def _positive_int(text: str) -> int:
+def _count(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid count {text!r}: expected a number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"invalid count {value}: expected 0 or more")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = _count(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"invalid count {value}: expected 1 or more")
     return value
@@ -117,10 +124,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run an instrumented demo workflow repeatedly and serve the dashboard.",
     )
     demo.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help=f"address the dashboard listens on (default: {DEFAULT_HOST})",
+    )
+    demo.add_argument(
         "--port", type=_port, default=DEFAULT_PORT, help=f"dashboard TCP port (default: {DEFAULT_PORT})"
     )
     demo.add_argument(
-        "--runs", type=_positive_int, default=3, help="number of workflow runs (default: 3)"
+        "--runs",
+        type=_count,
+        default=3,
+        help="number of workflow runs; 0 runs until Ctrl-C (default: 3)",
     )
     demo.add_argument(
         "--redis-url",
@@ -143,6 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=5,
         help="number of input files that each run processes (default: 5)",
+    )
+    demo.add_argument(
+        "--report-dir",
+        default=None,
+        help="directory that receives each run's report (default: ./reports)",
     )
     demo.set_defaults(handler=_run_demo)
     return parser

@@ -8,11 +8,10 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-
 from kaygraph_otel_exporters._drops import DropReporter
 from kaygraph_otel_exporters.encoder import encode_spans
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 Event = dict[str, Any]
 
@@ -30,7 +29,7 @@ class SchemaEventExporter(SpanExporter, abc.ABC):
         logger: the subclass's module logger.
         include_started: whether an ended span also yields its ``node_started`` or
             ``workflow_started`` event. Leave it False behind a ``LiveSpanProcessor``,
-            which sends that event when the span starts; set it True behind a plain
+            which sends that event when the span starts. Set it True behind a plain
             ``BatchSpanProcessor`` or ``SimpleSpanProcessor``.
         drop_log_interval: minimum number of seconds between two drop warnings.
     """
@@ -63,9 +62,9 @@ class SchemaEventExporter(SpanExporter, abc.ABC):
         self._include_started = include_started
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        """Encode ``spans`` and send their events in one request; never raises."""
+        """Encode ``spans`` and pass all their events to one ``_send`` call. Never raises."""
         if self._shutdown_event.is_set():
-            self._logger.debug("Export called after shutdown; ignoring %d spans", len(spans))
+            self._logger.debug("Export called after shutdown. Ignoring %d spans", len(spans))
             return SpanExportResult.FAILURE
 
         try:
@@ -92,10 +91,10 @@ class SchemaEventExporter(SpanExporter, abc.ABC):
 
     @abc.abstractmethod
     def _send(self, events: list[Event]) -> None:
-        """Send ``events`` in order; raise on failure."""
+        """Send ``events`` in order, raising on failure."""
 
     def _classify(self, error: Exception) -> str:
-        """Return the drop reason for ``error``; subclasses name their backend's errors."""
+        """Return the drop reason for ``error``. Subclasses name their backend's errors."""
         if isinstance(error, TimeoutError):
             return "timeout"
         if isinstance(error, OSError):
@@ -110,7 +109,7 @@ class SchemaEventExporter(SpanExporter, abc.ABC):
         self._close()
 
     def _close(self) -> None:
-        """Release the backend's resources; the default has none."""
+        """Release the backend's resources. The default has none."""
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         """Return True: every export sends its events before it returns, so nothing is buffered."""

@@ -35,7 +35,7 @@ class DropReporter:
         target: where the exporter sends events, already stripped of secrets.
         logger: the logger that receives the warnings, normally the exporter's module logger.
         log_interval: minimum number of seconds between two warnings.
-        clock: monotonic clock in seconds; tests may pass their own.
+        clock: monotonic clock in seconds. Tests may pass their own.
     """
 
     def __init__(

@@ -43,4 +43,12 @@ def redact_url(url: str) -> str:
             ]
             query = urlencode(redacted, safe="*")
 
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    if not url.startswith(f"{parts.scheme}://"):
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    # urlunsplit drops the empty authority of "unix:///path", so the URL is rebuilt by hand.
+    text = f"{parts.scheme}://{netloc}{parts.path}"
+    if query:
+        text += f"?{query}"
+    if parts.fragment:
+        text += f"#{parts.fragment}"
+    return text

@@ -27,10 +27,10 @@ class BusEventExporter(SchemaEventExporter):
     """Publish the schema events of kaygraph-otel spans to an ``EventBus``.
 
     Args:
-        bus: the bus that receives the events; defaults to ``get_default_bus()``.
-        include_started: whether an ended span also yields its started event. Leave it
-            False behind a ``LiveSpanProcessor`` (which sets it False anyway) and set it
-            True behind a plain ``BatchSpanProcessor``.
+        bus: the bus that receives the events. Defaults to ``get_default_bus()``.
+        include_started: whether an ended span also yields its started event. A
+            ``LiveSpanProcessor`` sets it False because it sends that event when the
+            span starts; behind a plain ``BatchSpanProcessor`` keep it True.
         drop_log_interval: minimum number of seconds between two warnings about
             dropped events.
     """
@@ -39,7 +39,7 @@ class BusEventExporter(SchemaEventExporter):
         self,
         bus: EventBus | None = None,
         *,
-        include_started: bool = False,
+        include_started: bool = True,
         drop_log_interval: float = DEFAULT_LOG_INTERVAL_SECONDS,
     ) -> None:
         if bus is not None and not isinstance(bus, EventBus):

@@ -71,13 +71,14 @@ class LiveSpanProcessor(SpanProcessor):
     ) -> None:
         if not isinstance(exporter, PendingSpanExporter):
             raise TypeError(
-                f"{type(exporter).__name__} cannot export pending spans; LiveSpanProcessor "
+                f"{type(exporter).__name__} cannot export pending spans. LiveSpanProcessor "
                 "needs an exporter with set_include_started(), such as RedisEventExporter or "
                 "BusEventExporter. Use BatchSpanProcessor for other exporters."
             )
         _validate_sizes(schedule_delay_millis, max_queue_size, max_export_batch_size)
         exporter.set_include_started(False)
         self._exporter = exporter
+        self._schedule_delay_millis = schedule_delay_millis
         self._batch = BatchSpanProcessor(
             exporter,
             max_queue_size=max_queue_size,
@@ -90,6 +91,11 @@ class LiveSpanProcessor(SpanProcessor):
     def exporter(self) -> SpanExporter:
         """The exporter that receives the batches."""
         return self._exporter
+
+    @property
+    def schedule_delay_millis(self) -> int:
+        """Maximum delay in milliseconds before queued spans are exported."""
+        return self._schedule_delay_millis
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         """Queue a pending copy of ``span`` if it is a sampled kaygraph-otel span."""
@@ -116,7 +122,7 @@ class LiveSpanProcessor(SpanProcessor):
         self._batch.shutdown()
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        """Export every queued span now; return False after shutdown."""
+        """Export every queued span now. Return False after shutdown."""
         return self._batch.force_flush(timeout_millis)
 
 
@@ -160,7 +166,7 @@ def _validate_sizes(
         )
     if max_queue_size <= 0:
         raise ValueError(
-            f"max_queue_size must be positive, got {max_queue_size!r}; the default is 8192"
+            f"max_queue_size must be positive, got {max_queue_size!r}. The default is 8192"
         )
     if not 0 < max_export_batch_size <= max_queue_size:
         raise ValueError(

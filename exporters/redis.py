@@ -10,8 +10,8 @@ Usage::
 
 Each event is published as compact JSON text on one channel. A batch of spans
 is sent as one pipeline, so one export costs one network round trip however
-many events it holds. Nothing is retried: a batch that fails is counted as
-dropped and logged at most once per interval.
+many events it contains. The client that the exporter builds retries nothing,
+so a batch that fails is counted as dropped and logged at most once per interval.
 """
 
 from __future__ import annotations
@@ -21,13 +21,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
-
 from kaygraph_otel_exporters._base import Event, SchemaEventExporter
 from kaygraph_otel_exporters._drops import DEFAULT_LOG_INTERVAL_SECONDS
 from kaygraph_otel_exporters._urls import redact_url
 from kaygraph_otel_exporters.encoder import event_to_json
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 logger = logging.getLogger(__name__)
 
@@ -50,9 +49,9 @@ class RedisEventExporter(SchemaEventExporter):
             checked with PING; 0 disables the check.
         client: a ready ``redis.Redis`` client to use in place of one built from ``url``.
             The caller keeps ownership of it, so ``shutdown`` does not close it.
-        include_started: whether an ended span also yields its started event. Leave it
-            False behind a ``LiveSpanProcessor`` (which sets it False anyway) and set it
-            True behind a plain ``BatchSpanProcessor``.
+        include_started: whether an ended span also yields its started event. A
+            ``LiveSpanProcessor`` sets it False because it sends that event when the
+            span starts; behind a plain ``BatchSpanProcessor`` keep it True.
         drop_log_interval: minimum number of seconds between two warnings about
             dropped events.
 
@@ -70,7 +69,7 @@ class RedisEventExporter(SchemaEventExporter):
         socket_connect_timeout: float = 2.0,
         health_check_interval: int = 30,
         client: redis.Redis | None = None,
-        include_started: bool = False,
+        include_started: bool = True,
         drop_log_interval: float = DEFAULT_LOG_INTERVAL_SECONDS,
     ) -> None:
         if not isinstance(channel, str) or not channel:
@@ -180,7 +179,7 @@ def _validate_timeouts(
     ):
         raise ValueError(
             f"health_check_interval must be a whole number of seconds >= 0, "
-            f"got {health_check_interval!r}; pass 0 to disable the check"
+            f"got {health_check_interval!r}. Pass 0 to disable the check"
         )
 
 
@@ -191,9 +190,9 @@ def _create_client(
     socket_connect_timeout: float,
     health_check_interval: int,
 ) -> redis.Redis:
-    # redis-py retries connection errors with backoff by default. An export that
-    # waits for retries holds up the batch processor's queue, so a failed batch is
-    # dropped at once and the next batch tries again.
+    # By default redis-py 8 retries connection errors and timeouts up to 10 times with
+    # backoff. An export that waits for retries delays every span queued behind it, so
+    # a failed batch is dropped at once and the next batch tries again.
     try:
         return redis.Redis.from_url(
             url,
@@ -206,7 +205,7 @@ def _create_client(
         )
     except ValueError as exc:
         raise ValueError(
-            f"invalid Redis URL {target!r}: {exc}; check its port, database number and "
+            f"invalid Redis URL {target!r}: {exc}. Check its port, database number and "
             "query parameters"
         ) from None
 

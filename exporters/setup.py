@@ -13,7 +13,7 @@ Configuration
 Keyword arguments win. An argument left at None or at its default is filled
 from these environment variables when they are set:
 
-- ``KAYGRAPH_OTEL_REDIS_URL``: the Redis URL; setting it turns the Redis exporter on.
+- ``KAYGRAPH_OTEL_REDIS_URL``: the Redis URL. Setting it turns the Redis exporter on.
 - ``KAYGRAPH_OTEL_REDIS_CHANNEL``: the Pub/Sub channel.
 - ``KAYGRAPH_OTEL_FLUSH_INTERVAL_MS``: the live path's schedule delay in milliseconds.
 
@@ -30,6 +30,11 @@ import logging
 import os
 from urllib.parse import urlsplit, urlunsplit
 
+from kaygraph_otel_exporters._urls import redact_url
+from kaygraph_otel_exporters.bus import EventBus, get_default_bus
+from kaygraph_otel_exporters.bus_exporter import BusEventExporter
+from kaygraph_otel_exporters.live import LiveSpanProcessor
+from kaygraph_otel_exporters.redis import DEFAULT_CHANNEL, RedisEventExporter
 from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -38,12 +43,6 @@ from opentelemetry.sdk.trace.export import (
     ConsoleSpanExporter,
     SpanExporter,
 )
-
-from kaygraph_otel_exporters._urls import redact_url
-from kaygraph_otel_exporters.bus import EventBus, get_default_bus
-from kaygraph_otel_exporters.bus_exporter import BusEventExporter
-from kaygraph_otel_exporters.live import LiveSpanProcessor
-from kaygraph_otel_exporters.redis import DEFAULT_CHANNEL, RedisEventExporter
 
 logger = logging.getLogger(__name__)
 
@@ -92,11 +91,12 @@ def configure(
         set_global: make the provider the global OpenTelemetry tracer provider.
 
     Returns:
-        The configured provider. Call its ``shutdown()`` to flush and stop the exporters;
-        the SDK also does so when the interpreter exits.
+        The configured provider. Call its ``shutdown()`` to flush and stop the exporters.
+        The SDK also does so when the interpreter exits.
 
     Raises:
-        ValueError: when an argument or environment variable holds an invalid value.
+        ValueError: when an argument or environment variable has an invalid value.
+        TypeError: when ``bus`` is not an ``EventBus``.
         ImportError: when OTLP export is requested but its exporter package is missing.
     """
     redis_url = redis_url if redis_url is not None else _env(ENV_REDIS_URL)
@@ -108,7 +108,7 @@ def configure(
     if not isinstance(schedule_delay_millis, int) or schedule_delay_millis <= 0:
         raise ValueError(
             f"schedule_delay_millis must be a positive whole number of milliseconds, "
-            f"got {schedule_delay_millis!r}; the default is {DEFAULT_SCHEDULE_DELAY_MILLIS}"
+            f"got {schedule_delay_millis!r}. The default is {DEFAULT_SCHEDULE_DELAY_MILLIS}"
         )
 
     # Every exporter is built, and every argument checked, before the first processor
@@ -130,7 +130,7 @@ def configure(
         logger.info("kaygraph-otel spans go to %s", ", ".join(destinations))
     else:
         logger.warning(
-            "configure() added no exporter, so spans are recorded but sent nowhere; pass "
+            "configure() added no exporter, so spans are recorded but sent nowhere. Pass "
             "redis_url, use_bus, otlp_endpoint or console=True, or set %s",
             ENV_REDIS_URL,
         )
@@ -215,7 +215,7 @@ def _otlp_exporter(otlp_endpoint: str | None) -> SpanExporter | None:
     except ImportError as exc:
         raise ImportError(
             "OTLP export needs the opentelemetry-exporter-otlp-proto-http package, which "
-            f"failed to import ({exc}); install it with `pip install '{OTLP_EXTRA}'`"
+            f"failed to import ({exc}). Install it with `pip install '{OTLP_EXTRA}'`"
         ) from exc
     if otlp_endpoint is None:
         # The exporter reads the standard environment variables itself.

@@ -40,7 +40,7 @@ from kaygraph_otel._runs import (
     record_exception,
 )
 from kaygraph_otel._snapshot import safe_str, snapshot_json
-from kaygraph_otel._structure import node_key, user_node_id, walk_graph
+from kaygraph_otel._structure import node_key, unique_id, user_node_id, walk_graph
 from kaygraph_otel.config import Settings
 
 logger = logging.getLogger(__name__)
@@ -259,7 +259,8 @@ class Engine:
         else:
             span_name = f"{_SPAN_NAME_PREFIX[kind]} {node_type}"
         max_retries = getattr(instance, "max_retries", None)
-        if type(max_retries) is int:
+        # Async graphs inherit max_retries from AsyncNode but never retry.
+        if type(max_retries) is int and not is_graph:
             attributes[attr.MAX_RETRIES] = max_retries
 
         span = self.tracer.start_span(span_name, kind=SpanKind.INTERNAL, attributes=attributes)
@@ -301,7 +302,13 @@ class Engine:
         start = getattr(graph, "start_node", None)
         if start is None or node_key(start) in workflow.ids:
             return None
-        graph_id = self._node_id(workflow, graph, "graph")
+        graph_id = workflow.ids.get(node_key(graph))
+        if graph_id is None:
+            # A graph that the workflow's structure does not contain, for example one
+            # that a node runs inside exec, gets an id that no other node of the run has.
+            base = user_node_id(graph) or type(graph).__name__
+            graph_id = unique_id(base, set(workflow.ids.values()) | {workflow.name})
+            workflow.ids[node_key(graph)] = graph_id
         structure = walk_graph(
             graph,
             is_graph=self._is_graph,

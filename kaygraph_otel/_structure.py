@@ -41,6 +41,16 @@ def user_node_id(node: Any) -> str | None:
     return node_id
 
 
+def unique_id(base: str, used: set[str]) -> str:
+    """Return ``base``, or ``base#2``, ``base#3`` and so on, whichever is first not in ``used``."""
+    name = base
+    number = 1
+    while name in used:
+        number += 1
+        name = f"{base}#{number}"
+    return name
+
+
 @dataclass
 class Structure:
     """Nodes and edges of one graph, the ids given to its nodes, and a stable workflow id."""
@@ -93,6 +103,9 @@ def walk_graph(
     structure = Structure()
     ids = structure.ids
     used: set[str] = set((known_ids or {}).values())
+    if graph_id is not None:
+        # The graph's own id is the parent of its nodes, so no node may take it.
+        used.add(graph_id)
     type_counts: collections.Counter[str] = collections.Counter()
     canonical: list[Any] = []
     order: dict[int, int] = {}
@@ -104,9 +117,7 @@ def walk_graph(
             return known_ids[key]
         base = user_node_id(node) or type(node).__name__
         type_counts[base] += 1
-        name = (
-            base if type_counts[base] == 1 and base not in used else f"{base}#{type_counts[base]}"
-        )
+        name = base if type_counts[base] == 1 else f"{base}#{type_counts[base]}"
         while name in used:
             type_counts[base] += 1
             name = f"{base}#{type_counts[base]}"

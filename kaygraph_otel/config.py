@@ -70,7 +70,7 @@ def _parse_bool(option: str, value: Any, source: str) -> bool:
     if text in _FALSE:
         return False
     raise ValueError(
-        f"invalid {source} {value!r}: expected true or false (also 1/0, yes/no, on/off)"
+        f"invalid {source}={value!r}: expected true or false (also 1/0, yes/no, on/off)"
     )
 
 
@@ -82,15 +82,26 @@ def _parse_int(option: str, value: Any, source: str) -> int:
             raise TypeError
     except (TypeError, ValueError):
         raise ValueError(
-            f"invalid {source} {value!r}: expected an integer from {low} to {high}"
+            f"invalid {source}={value!r}: expected an integer from {low} to {high}"
         ) from None
     if not low <= number <= high:
-        raise ValueError(f"invalid {source} {value!r}: expected an integer from {low} to {high}")
+        raise ValueError(f"invalid {source}={value!r}: expected an integer from {low} to {high}")
     return number
 
 
+def _list_items(value: Any, source: str) -> list[Any]:
+    if isinstance(value, str):
+        return [item for item in value.split(",") if item.strip()]
+    try:
+        return list(value)
+    except TypeError:
+        raise ValueError(
+            f"invalid {source}={value!r}: expected a comma-separated string or a list of strings"
+        ) from None
+
+
 def _parse_events(value: Any, source: str) -> frozenset[str]:
-    items = value.split(",") if isinstance(value, str) else value
+    items = _list_items(value, source)
     names: set[str] = set()
     for item in items:
         name = str(item).strip()
@@ -103,20 +114,20 @@ def _parse_events(value: Any, source: str) -> frozenset[str]:
         if not matched:
             accepted = ", ".join(sorted({*EVENT_TYPES, *EVENT_TYPES.values()}))
             raise ValueError(
-                f"invalid {source} entry {name!r}: expected event names or types from: {accepted}"
+                f"invalid entry {name!r} in {source}: expected event names or types: {accepted}"
             )
         names |= matched
     return frozenset(names)
 
 
 def _parse_patterns(value: Any, source: str) -> tuple[str, ...]:
-    items = [p for p in value.split(",") if p.strip()] if isinstance(value, str) else list(value)
+    items = _list_items(value, source)
     for pattern in items:
         try:
             re.compile(pattern)
         except (re.error, TypeError) as exc:
             raise ValueError(
-                f"invalid {source} entry {pattern!r}: not a regular expression ({exc})"
+                f"invalid entry {pattern!r} in {source}: not a regular expression ({exc})"
             ) from None
     return tuple(items)
 
@@ -124,7 +135,7 @@ def _parse_patterns(value: Any, source: str) -> tuple[str, ...]:
 def _parse_signal(value: Any, source: str) -> str:
     text = str(value).strip().lower()
     if text not in EVENT_SIGNALS:
-        raise ValueError(f"invalid {source} {value!r}: expected one of {', '.join(EVENT_SIGNALS)}")
+        raise ValueError(f"invalid {source}={value!r}: expected one of {', '.join(EVENT_SIGNALS)}")
     return text
 
 
@@ -164,12 +175,12 @@ def resolve_settings(
     values: dict[str, Any] = {}
     for option in OPTIONS:
         if option in options and options[option] is not None:
-            values[option] = _parse(option, options[option], f"option {option}=")
+            values[option] = _parse(option, options[option], f"option {option}")
             continue
         env_name = _env_name(option)
         raw = environ.get(env_name)
         if raw is not None and raw.strip() != "":
-            values[option] = _parse(option, raw, f"environment variable {env_name}=")
+            values[option] = _parse(option, raw, f"environment variable {env_name}")
     return Settings(**values)
 
 

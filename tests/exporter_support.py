@@ -11,8 +11,8 @@ from typing import Any
 import redis
 from jsonschema import Draft202012Validator, FormatChecker
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Span, SpanProcessor, TracerProvider
-from opentelemetry.trace import Tracer
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.trace import Span, Tracer, set_span_in_context
 
 from kaygraph_otel import attributes as attrs
 
@@ -47,10 +47,17 @@ def make_tracer(*processors: SpanProcessor, sampler: Any = None) -> tuple[Tracer
     return provider, provider.get_tracer("kaygraph-otel-tests")
 
 
-def start_node_span(tracer: Tracer, node_id: str, node_type: str = "SummarizeNode") -> Span:
-    """Start a span with the identity attributes that kaygraph-otel sets on a node span."""
+def start_node_span(
+    tracer: Tracer, node_id: str, node_type: str = "SummarizeNode", parent: Span | None = None
+) -> Span:
+    """Start a span the way kaygraph-otel starts a node span.
+
+    The identity attributes are set at start, and a ``node_started`` span event is
+    added right after, as the instrumentation does.
+    """
     span = tracer.start_span(
         f"execute_node {node_type}",
+        context=set_span_in_context(parent) if parent is not None else None,
         attributes={
             attrs.NODE_ID: node_id,
             attrs.NODE_TYPE: node_type,
@@ -59,7 +66,7 @@ def start_node_span(tracer: Tracer, node_id: str, node_type: str = "SummarizeNod
             attrs.CORRELATION_ID: CORRELATION_ID,
         },
     )
-    assert isinstance(span, Span)
+    span.add_event("node_started", {attrs.EVENT_STATE: "running"})
     return span
 
 

@@ -10,17 +10,16 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
-from opentelemetry.trace import set_span_in_context
-
-from kaygraph_otel import attributes as attrs
 from kaygraph_otel_exporters import BusEventExporter, LiveSpanProcessor, RedisEventExporter
 from kaygraph_otel_exporters.bus import EventBus
 from kaygraph_otel_exporters.encoder import encode_spans
 from kaygraph_otel_exporters.live import PENDING
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+
+from kaygraph_otel import attributes as attrs
 from tests.exporter_support import (
     ChannelReader,
     complete_node_span,
@@ -30,12 +29,13 @@ from tests.exporter_support import (
     schema_errors,
     start_node_span,
 )
+from tests.helpers import free_port
 
 FAST_DELAY_MS = 50
 
 
 class RecordingBusExporter(BusEventExporter):
-    """A real BusEventExporter that also keeps every span it was asked to export."""
+    """A real BusEventExporter that also records every span passed to ``export``."""
 
     def __init__(self, bus: EventBus) -> None:
         super().__init__(bus)
@@ -50,6 +50,16 @@ class RecordingBusExporter(BusEventExporter):
     def spans(self) -> list[ReadableSpan]:
         with self._lock:
             return [span for batch in self.batches for span in batch]
+
+
+class RecordOnlySampler(Sampler):
+    """Record every span without sampling it."""
+
+    def should_sample(self, *args: Any, **kwargs: Any) -> SamplingResult:
+        return SamplingResult(Decision.RECORD_ONLY)
+
+    def get_description(self) -> str:
+        return "RecordOnlySampler"
 
 
 @pytest.fixture
@@ -68,7 +78,9 @@ class TestRedisLivePath:
     def test_started_event_arrives_while_span_open(
         self, redis_url: str, channel: str, reader: ChannelReader
     ) -> None:
-        exporter = RedisEventExporter(redis_url, channel)
+        # include_started=True checks that the processor turns it off: otherwise the
+        # ended span would repeat the started event.
+        exporter = RedisEventExporter(redis_url, channel, include_started=True)
         memory = InMemorySpanExporter()
         provider, tracer = make_tracer(
             LiveSpanProcessor(exporter, schedule_delay_millis=FAST_DELAY_MS),
@@ -103,26 +115,17 @@ class TestRedisLivePath:
     def test_nested_spans_keep_start_order(
         self, redis_url: str, channel: str, reader: ChannelReader
     ) -> None:
-        exporter = RedisEventExporter(redis_url, channel)
+        # include_started=True checks that the processor turns it off: otherwise the
+        # ended span would repeat the started event.
+        exporter = RedisEventExporter(redis_url, channel, include_started=True)
         memory = InMemorySpanExporter()
         provider, tracer = make_tracer(
             LiveSpanProcessor(exporter, schedule_delay_millis=FAST_DELAY_MS),
             SimpleSpanProcessor(memory),
         )
         outer = start_node_span(tracer, "outer")
-        inner_tracer = provider.get_tracer("kaygraph-otel-tests")
-        inner = inner_tracer.start_span(
-            "execute_node Inner",
-            context=set_span_in_context(outer),
-            attributes={
-                attrs.NODE_ID: "inner",
-                attrs.NODE_TYPE: "Inner",
-                attrs.NODE_KIND: "node",
-                attrs.WORKFLOW_ID: "wf",
-                attrs.CORRELATION_ID: "run",
-            },
-        )
-        complete_node_span(inner)  # type: ignore[arg-type]
+        inner = start_node_span(tracer, "inner", node_type="Inner", parent=outer)
+        complete_node_span(inner)
         complete_node_span(outer)
         provider.shutdown()
 
@@ -140,7 +143,9 @@ class TestRedisLivePath:
     def test_many_spans_no_duplicates(
         self, redis_url: str, channel: str, reader: ChannelReader
     ) -> None:
-        exporter = RedisEventExporter(redis_url, channel)
+        # include_started=True checks that the processor turns it off: otherwise the
+        # ended span would repeat the started event.
+        exporter = RedisEventExporter(redis_url, channel, include_started=True)
         memory = InMemorySpanExporter()
         provider, tracer = make_tracer(
             LiveSpanProcessor(exporter, schedule_delay_millis=FAST_DELAY_MS),
@@ -158,10 +163,26 @@ class TestRedisLivePath:
         for index in range(50):
             pairs = names_and_nodes(received)
             node_id = f"node-{index}"
-            assert pairs.index(("node_started", node_id)) < pairs.index(
-                ("node_completed", node_id)
-            )
+            assert pairs.index(("node_started", node_id)) < pairs.index(("node_completed", node_id))
         assert reader.read_all(quiet_period=0.3) == []
+
+    def test_redis_down_never_reaches_workflow(self, caplog: pytest.LogCaptureFixture) -> None:
+        # Nothing listens on this port because it was free when checked and the test
+        # binds nothing to it.
+        exporter = RedisEventExporter(f"redis://127.0.0.1:{free_port()}/0")
+        provider, tracer = make_tracer(
+            LiveSpanProcessor(exporter, schedule_delay_millis=FAST_DELAY_MS)
+        )
+        caplog.set_level(logging.WARNING, logger="kaygraph_otel_exporters.redis")
+
+        for index in range(20):
+            run_node(tracer, f"offline-{index}")
+        provider.shutdown()
+
+        assert exporter.drops.total >= 20
+        assert set(exporter.drops.by_reason()) == {"connection"}
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1
 
 
 class TestBusLivePath:
@@ -237,7 +258,8 @@ class TestSpanSelection:
         spans = exporter.spans()
 
         assert [s.end_time is None for s in spans] == [True, False]
-        assert spans[1] is span
+        assert spans[0].context == span.context
+        assert spans[1].context == span.context
 
     def test_foreign_spans_ignored(self) -> None:
         exporter, processor = self.make()
@@ -253,7 +275,9 @@ class TestSpanSelection:
 
     def test_unsampled_spans_ignored(self) -> None:
         exporter, processor = self.make()
-        provider, tracer = make_tracer(processor, sampler=ALWAYS_OFF)
+        # RECORD_ONLY spans are recording, so the SDK calls on_start and on_end for
+        # them, but they are not sampled and must not be exported.
+        provider, tracer = make_tracer(processor, sampler=RecordOnlySampler())
         run_node(tracer, "unsampled")
         provider.shutdown()
 

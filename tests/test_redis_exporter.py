@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 import redis
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
 from kaygraph_otel_exporters import RedisEventExporter
 from kaygraph_otel_exporters._drops import DropReporter
 from kaygraph_otel_exporters._urls import redact_url
 from kaygraph_otel_exporters.encoder import encode_spans
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
 from tests.exporter_support import (
     ChannelReader,
     make_tracer,
@@ -62,7 +62,7 @@ def publish_calls(url: str) -> int:
 
 
 class SendCountingConnection(redis.Connection):
-    """A real redis-py connection that counts the packets of commands it writes."""
+    """A real redis-py connection that counts its writes of packed commands."""
 
     sends = 0
 
@@ -98,7 +98,7 @@ class TestPublish:
         self, redis_url: str, channel: str, reader: ChannelReader
     ) -> None:
         spans = finished_node_spans(2)
-        exporter = RedisEventExporter(redis_url, channel)
+        exporter = RedisEventExporter(redis_url, channel, include_started=False)
 
         assert exporter.export(spans) is SpanExportResult.SUCCESS
         received = reader.read(len(encode_spans(spans, include_started=False)))
@@ -155,11 +155,13 @@ class TestPublish:
 
 class TestFailures:
     def test_unreachable_redis_fails_quietly(self, caplog: pytest.LogCaptureFixture) -> None:
-        # Nothing listens on the port: it was free when checked and nobody binds it.
+        # Nothing listens on this port because it was free when checked and the test
+        # binds nothing to it.
         port = free_port()
         exporter = RedisEventExporter(
             f"redis://user:hunter2secret@127.0.0.1:{port}/0",
             socket_connect_timeout=1.0,
+            include_started=False,
         )
         spans = finished_node_spans(2)
         events_per_batch = len(encode_spans(spans, include_started=False))
@@ -181,7 +183,7 @@ class TestFailures:
     def test_recovers_after_redis_restart(
         self, redis_server: RedisServer, redis_url: str, channel: str
     ) -> None:
-        exporter = RedisEventExporter(redis_url, channel, socket_connect_timeout=1.0)
+        exporter = RedisEventExporter(redis_url, channel, socket_connect_timeout=1.0, include_started=False)
         spans = finished_node_spans(1)
         expected = encode_spans(spans, include_started=False)
         assert exporter.export(spans) is SpanExportResult.SUCCESS
@@ -203,10 +205,13 @@ class TestFailures:
         assert "node_completed" in [event["event_name"] for event in received]
 
     def test_recovery_logs_unreported_drops(
-        self, redis_server: RedisServer, redis_url: str, channel: str,
+        self,
+        redis_server: RedisServer,
+        redis_url: str,
+        channel: str,
         caplog: pytest.LogCaptureFixture,
-    ) -> None:  # fmt: skip
-        exporter = RedisEventExporter(redis_url, channel, socket_connect_timeout=1.0)
+    ) -> None:
+        exporter = RedisEventExporter(redis_url, channel, socket_connect_timeout=1.0, include_started=False)
         spans = finished_node_spans(1)
         events_per_batch = len(encode_spans(spans, include_started=False))
         caplog.set_level(logging.INFO, logger=EXPORTER_LOGGER)
