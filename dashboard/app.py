@@ -17,8 +17,8 @@ Routes:
 - ``GET /``: the page; ``GET /static/...``: its script and style sheet.
 - ``GET /api/events``: Server-Sent Events, one message per schema event with the
   event's ``event_id`` as the SSE id. A client that sends ``Last-Event-ID`` (or
-  ``?last_event_id=``) first gets the events it missed, or an ``event: reset``
-  message when they are no longer buffered, which tells it to reload
+  ``?last_event_id=``) first gets the events it missed. When those are no longer
+  buffered it gets an ``event: reset`` message instead, the signal to reload
   ``/api/state``.
 - ``GET /api/state?limit=N``: the N most recent events, oldest first.
 - ``GET /healthz``: status, number of bus subscribers and mode.
@@ -78,7 +78,7 @@ class ConfigurationError(ValueError):
 
 @dataclass
 class DashboardState:
-    """What the routes share, stored on ``app.state.dashboard``."""
+    """Shared state of the routes, stored on ``app.state.dashboard``."""
 
     bus: EventBus
     mode: str
@@ -181,7 +181,7 @@ def create_app(
 
 
 def dashboard_token(app: Any) -> str | None:
-    """Return the token that ``app`` requires, or None when it requires none or is not a dashboard."""
+    """Return the token that ``app`` requires; None when it requires none or is no dashboard."""
     state = getattr(getattr(app, "state", None), "dashboard", None)
     return state.token if isinstance(state, DashboardState) else None
 
@@ -324,7 +324,7 @@ def _is_loopback_host_header(host_header: str) -> bool:
 class _GuardMiddleware:
     """Add security headers to every response and check the token and Host header.
 
-    Without a token the app only answers requests whose Host header names a
+    Without a token the app only serves requests whose Host header names a
     loopback address, so a web page that rebinds its own domain name to 127.0.0.1
     cannot read the dashboard. With a token, every request except for static
     files must carry it. Static files hold no event data, and a browser cannot

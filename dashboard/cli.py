@@ -58,13 +58,6 @@ def _count(text: str) -> int:
     return value
 
 
-def _positive_int(text: str) -> int:
-    value = _count(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"invalid count {value}: expected 1 or more")
-    return value
-
-
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -129,13 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"address the dashboard listens on (default: {DEFAULT_HOST})",
     )
     demo.add_argument(
-        "--port", type=_port, default=DEFAULT_PORT, help=f"dashboard TCP port (default: {DEFAULT_PORT})"
+        "--port",
+        type=_port,
+        default=DEFAULT_PORT,
+        help=f"dashboard TCP port (default: {DEFAULT_PORT})",
     )
     demo.add_argument(
         "--runs",
         type=_count,
-        default=3,
-        help="number of workflow runs; 0 runs until Ctrl-C (default: 3)",
+        default=0,
+        help="number of workflow runs; 0 runs until Ctrl-C (default: 0)",
     )
     demo.add_argument(
         "--redis-url",
@@ -150,14 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--interval",
         type=_seconds,
-        default=1.0,
-        help="seconds to wait between two runs (default: 1.0)",
+        default=3.0,
+        help="seconds to wait between two runs (default: 3.0)",
     )
     demo.add_argument(
         "--files",
-        type=_positive_int,
-        default=5,
-        help="number of input files that each run processes (default: 5)",
+        type=_count,
+        default=0,
+        help="number of standard-library files that each run parses; 0 parses all of them, "
+        "and a smaller number takes the next window of files on each run (default: 0)",
     )
     demo.add_argument(
         "--report-dir",
@@ -218,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except (ConfigurationError, OSError) as error:
-        # OSError's str() starts with "[Errno N]"; its strerror holds the message alone.
+        # OSError's str() starts with "[Errno N]", and its strerror is the message alone.
         message = error.strerror if isinstance(error, OSError) and error.strerror else error
         print(f"{PROG}: error: {message}", file=sys.stderr)
         return EXIT_USAGE

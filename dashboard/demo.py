@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import importlib.util
 import logging
 import threading
@@ -18,6 +19,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from kaygraph_otel import run_context
 from kaygraph_otel_dashboard.app import create_app
 from kaygraph_otel_dashboard.demo_pipeline import Pipeline, build_pipeline, standard_library_dir
 from kaygraph_otel_dashboard.server import RunningServer, start_in_thread
@@ -27,6 +29,7 @@ from kaygraph_otel_exporters.setup import configure
 logger = logging.getLogger(__name__)
 
 DEFAULT_REPORT_DIR = Path("reports")
+WORKFLOW_NAME = "stdlib_census"
 
 
 def choose_framework() -> tuple[str, ModuleType]:
@@ -36,6 +39,16 @@ def choose_framework() -> tuple[str, ModuleType]:
     if importlib.util.find_spec("pocketflow") is not None:
         return "pocketflow", importlib.import_module("pocketflow")
     raise ImportError("neither kaygraph nor pocketflow is installed: run `pip install pocketflow`")
+
+
+def _framework_version(framework: str, module: ModuleType) -> str:
+    version = getattr(module, "__version__", None)
+    if isinstance(version, str):
+        return version
+    try:
+        return importlib.metadata.version(framework)
+    except importlib.metadata.PackageNotFoundError:
+        return "version unknown"
 
 
 def _instrument(framework: str, provider: Any) -> None:
@@ -66,7 +79,8 @@ def run_once(
         "files_per_run": files_per_run,
         "report_dir": str(report_dir),
     }
-    pipeline.run(shared)
+    with run_context(workflow_name=WORKFLOW_NAME):
+        pipeline.run(shared)
     return shared
 
 
@@ -81,7 +95,7 @@ def run_demo(args: argparse.Namespace, stop: threading.Event | None = None) -> i
     """
     stop = stop or threading.Event()
     framework, module = choose_framework()
-    version = getattr(module, "__version__", "unknown version")
+    version = _framework_version(framework, module)
     print(f"Running the standard-library census on {framework} ({version})", flush=True)
 
     bus = None if args.redis_url else EventBus()
@@ -104,7 +118,8 @@ def run_demo(args: argparse.Namespace, stop: threading.Event | None = None) -> i
             shared = run_once(pipeline, run_number, args.files, report_dir)
             summary = shared["summary"]
             print(
-                f"run {run_number + 1}: {summary['parsed']} files parsed, {summary['failed']} failed, "
+                f"run {run_number + 1}: {summary['parsed']} files parsed, "
+                f"{summary['failed']} failed, "
                 f"{summary['functions']} functions, {summary['classes']} classes, "
                 f"{summary['lines']} lines in {time.perf_counter() - started:.2f} s; "
                 f"report: {shared['report_path']}",

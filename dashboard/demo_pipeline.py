@@ -72,10 +72,17 @@ def failed_analysis(path: Path, error: BaseException) -> dict[str, Any]:
     return {"path": str(path), "error": f"{type(error).__name__}: {error}"}
 
 
+def analyse_or_record_failure(path: Path) -> dict[str, Any]:
+    try:
+        return analyse_source(path)
+    except (SyntaxError, ValueError) as error:
+        return failed_analysis(path, error)
+
+
 def choose_files(files: list[Path], run_number: int, count: int) -> list[Path]:
-    """Return the ``run_number``-th window of ``count`` files, wrapping around the list."""
-    if not files:
-        return []
+    """Return the run_number-th window of count files, wrapping around; 0 means all files."""
+    if not files or count <= 0 or count >= len(files):
+        return list(files)
     start = (run_number * count) % len(files)
     window = files[start : start + count]
     if len(window) < count:
@@ -196,9 +203,15 @@ def _processing_node(framework: str, module: ModuleType) -> type:
                 return failed_analysis(path, exc)
 
             def post(
-                self, shared: dict[str, Any], prep_res: Any, exec_res: list[dict[str, Any]]
+                self, shared: dict[str, Any], prep_res: list[Path], exec_res: list[Any]
             ) -> str:
-                shared["results"] = exec_res
+                # KayGraph keeps the attempt number in self.cur_retry, which the pool's
+                # threads share, so an item whose last attempt fails while another thread
+                # restarts the count can come back as None. Those files are analysed again.
+                shared["results"] = [
+                    result if result is not None else analyse_or_record_failure(path)
+                    for path, result in zip(prep_res, exec_res, strict=True)
+                ]
                 return "default"
 
         return ProcessingNode

@@ -104,9 +104,10 @@ class RedisRelay:
     """Subscribe to a Redis Pub/Sub channel and publish every valid event to ``bus``.
 
     Call ``start()`` from a running event loop and ``await stop()`` before the
-    loop ends. The relay never raises out of its task: connection errors lead
-    to a reconnect after a delay that doubles from ``initial_backoff`` up to
-    ``max_backoff`` seconds, and invalid messages are counted and skipped.
+    loop ends. Only cancellation ends the relay task. Any exception, normally a
+    lost connection, leads to a reconnect after a delay that doubles from
+    ``initial_backoff`` up to ``max_backoff`` seconds, and invalid messages are
+    counted and skipped.
 
     Args:
         bus: the bus that receives the events.
@@ -146,7 +147,7 @@ class RedisRelay:
         self._task: asyncio.Task[None] | None = None
         self.connected = False
         self.received = 0
-        self.reconnects = 0
+        self.reconnect_attempts = 0
 
     @property
     def channel(self) -> str:
@@ -164,7 +165,7 @@ class RedisRelay:
             "connected": self.connected,
             "received": self.received,
             "invalid": self.invalid,
-            "reconnects": self.reconnects,
+            "reconnect_attempts": self.reconnect_attempts,
         }
 
     def start(self) -> asyncio.Task[None]:
@@ -181,8 +182,12 @@ class RedisRelay:
         if task is None:
             return
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        try:
             await task
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            logger.exception("Redis relay for channel %s had stopped with an error", self._channel)
 
     async def _run(self) -> None:
         logger.info("Relaying events from Redis %s channel %s", self._target, self._channel)
@@ -228,7 +233,7 @@ class RedisRelay:
                 delay,
                 exc_info=not expected,
             )
-        self.reconnects += 1
+        self.reconnect_attempts += 1
         await asyncio.sleep(delay)
 
     async def _relay_until_error(self) -> None:

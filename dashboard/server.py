@@ -2,7 +2,7 @@
 
 Both ways bind the listening socket before uvicorn starts, so a port that is
 already taken raises ``PortInUseError`` in the caller instead of a log line in
-uvicorn's thread. Both also refuse a host that is not a loopback address unless
+uvicorn's thread. Both also reject a host that is not a loopback address unless
 the app requires a token.
 """
 
@@ -58,8 +58,8 @@ def check_exposure(app: ASGIApp, host: str) -> None:
     if is_loopback_host(host) or dashboard_token(app) is not None:
         return
     raise TokenRequiredError(
-        f"refusing to serve the dashboard on {host!r}, which is not a loopback address, "
-        "without a token; set --token or KAYGRAPH_OTEL_DASHBOARD_TOKEN, or use "
+        f"cannot serve the dashboard on {host!r} without a token because it is not a "
+        "loopback address; set --token or KAYGRAPH_OTEL_DASHBOARD_TOKEN, or use "
         f"--host {DEFAULT_HOST}"
     )
 
@@ -109,8 +109,8 @@ def bind_socket(host: str, port: int) -> socket.socket:
 def format_url(host: str, port: int) -> str:
     """Return the http URL of the dashboard's page at ``host`` and ``port``."""
     bare = host.strip("[]")
-    shown = f"[{bare}]" if ":" in bare else bare
-    return f"http://{shown}:{port}/"
+    url_host = f"[{bare}]" if ":" in bare else bare
+    return f"http://{url_host}:{port}/"
 
 
 class _DashboardServer(uvicorn.Server):
@@ -193,7 +193,7 @@ class RunningServer:
 
         Raises:
             TimeoutError: the thread did not end within ``timeout`` seconds, even
-                after uvicorn was told to force the exit.
+                after uvicorn's ``force_exit`` flag was set.
         """
         self._server.should_exit = True
         self._thread.join(timeout)
@@ -246,7 +246,9 @@ def start_in_thread(
         finally:
             sock.close()
 
-    thread = threading.Thread(target=run, name=f"kaygraph-otel dashboard :{bound_port}", daemon=True)
+    thread = threading.Thread(
+        target=run, name=f"kaygraph-otel dashboard :{bound_port}", daemon=True
+    )
     thread.start()
 
     deadline = time.monotonic() + startup_timeout

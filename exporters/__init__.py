@@ -10,8 +10,15 @@ if TYPE_CHECKING:
     from kaygraph_otel_exporters.live import LiveSpanProcessor
     from kaygraph_otel_exporters.redis import RedisEventExporter
     from kaygraph_otel_exporters.setup import configure
+    from kaygraph_otel_exporters.webhook import WebhookSpanExporter
 
-__all__ = ["BusEventExporter", "LiveSpanProcessor", "RedisEventExporter", "configure"]
+__all__ = [
+    "BusEventExporter",
+    "LiveSpanProcessor",
+    "RedisEventExporter",
+    "WebhookSpanExporter",
+    "configure",
+]
 
 # The public names are imported on first access, so that importing one submodule,
 # such as ``kaygraph_otel_exporters.bus``, does not also import redis and the SDK.
@@ -19,6 +26,7 @@ _LAZY_IMPORTS = {
     "BusEventExporter": "kaygraph_otel_exporters.bus_exporter",
     "LiveSpanProcessor": "kaygraph_otel_exporters.live",
     "RedisEventExporter": "kaygraph_otel_exporters.redis",
+    "WebhookSpanExporter": "kaygraph_otel_exporters.webhook",
     "configure": "kaygraph_otel_exporters.setup",
 }
 

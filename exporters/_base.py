@@ -8,7 +8,14 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from kaygraph_otel_exporters._breaker import (
+    DEFAULT_FAILURE_THRESHOLD,
+    DEFAULT_RESET_SECONDS,
+    CircuitOpenError,
+    ExportBreaker,
+)
 from kaygraph_otel_exporters._drops import DropReporter
+from kaygraph_otel_exporters._fork import register_fork_reset
 from kaygraph_otel_exporters.encoder import encode_spans
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
@@ -17,11 +24,16 @@ Event = dict[str, Any]
 
 
 class SchemaEventExporter(SpanExporter, abc.ABC):
-    """Encode each batch of spans as schema events and hand them to ``_send``.
+    """Encode each batch of spans as schema events and send them through a circuit breaker.
 
     Subclasses implement ``_send`` and ``_classify``. ``export`` never raises: an
     error while encoding or sending drops the batch, counts its events in ``drops``
-    and returns FAILURE.
+    and returns FAILURE. After ``breaker_failures`` consecutive failed sends the
+    circuit opens, and for ``breaker_reset_seconds`` every batch is dropped with
+    reason ``circuit_open`` without calling ``_send``.
+
+    A subclass that delivers on its own thread overrides ``_submit`` to queue the
+    events, and calls ``breaker.call`` itself.
 
     Args:
         name: the exporter's name in log lines and metrics.
@@ -32,6 +44,13 @@ class SchemaEventExporter(SpanExporter, abc.ABC):
             which sends that event when the span starts. Set it True behind a plain
             ``BatchSpanProcessor`` or ``SimpleSpanProcessor``.
         drop_log_interval: minimum number of seconds between two drop warnings.
+        breaker_failures: consecutive failed sends that open the circuit.
+        breaker_reset_seconds: seconds the circuit stays open before a trial send.
+        breaker_exclude: exception types raised by ``_send`` that mean the backend
+            answered and rejected the batch; they do not count as failures.
+
+    Raises:
+        ValueError: when a breaker setting is out of range.
     """
 
     def __init__(
@@ -42,11 +61,28 @@ class SchemaEventExporter(SpanExporter, abc.ABC):
         logger: logging.Logger,
         include_started: bool,
         drop_log_interval: float,
+        breaker_failures: int = DEFAULT_FAILURE_THRESHOLD,
+        breaker_reset_seconds: float = DEFAULT_RESET_SECONDS,
+        breaker_exclude: tuple[type[BaseException], ...] = (),
     ) -> None:
+        self._name = name
+        self._target = target
         self._logger = logger
         self._include_started = include_started
         self._shutdown_event = threading.Event()
+        self.breaker = ExportBreaker(
+            name,
+            target,
+            logger,
+            failure_threshold=breaker_failures,
+            reset_seconds=breaker_reset_seconds,
+            exclude=breaker_exclude,
+        )
         self.drops = DropReporter(name, target, logger, log_interval=drop_log_interval)
+        self._counts_lock = threading.Lock()
+        self._exported_events = 0
+        self._exported_batches = 0
+        register_fork_reset(self)
 
     @property
     def include_started(self) -> bool:
@@ -62,7 +98,7 @@ class SchemaEventExporter(SpanExporter, abc.ABC):
         self._include_started = include_started
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        """Encode ``spans`` and pass all their events to one ``_send`` call. Never raises."""
+        """Encode ``spans`` and pass all their events to ``_submit``. Never raises."""
         if self._shutdown_event.is_set():
             self._logger.debug("Export called after shutdown. Ignoring %d spans", len(spans))
             return SpanExportResult.FAILURE
@@ -78,16 +114,37 @@ class SchemaEventExporter(SpanExporter, abc.ABC):
             return SpanExportResult.SUCCESS
 
         try:
-            self._send(events)
+            return self._submit(events)
+        except Exception as exc:  # noqa: BLE001 - export must never raise into the SDK
+            self._logger.debug("Submitting %d events failed", len(events), exc_info=True)
+            self.drops.record(len(events), "unexpected_error", exc)
+            return SpanExportResult.FAILURE
+
+    def _submit(self, events: list[Event]) -> SpanExportResult:
+        """Send ``events`` now, through the circuit breaker."""
+        if not self.breaker.allows_call():
+            self.drops.record(len(events), "circuit_open", self.breaker.describe_open())
+            return SpanExportResult.FAILURE
+        try:
+            self.breaker.call(self._send, events)
+        except CircuitOpenError as exc:
+            self.drops.record(len(events), "circuit_open", exc)
+            return SpanExportResult.FAILURE
         except Exception as exc:  # noqa: BLE001 - export must never raise into the SDK
             reason = self._classify(exc)
             if reason == "unexpected_error":
                 self._logger.debug("Unexpected error while sending events", exc_info=True)
             self.drops.record(len(events), reason, exc)
             return SpanExportResult.FAILURE
-
-        self.drops.record_success()
+        self._record_exported(len(events))
         return SpanExportResult.SUCCESS
+
+    def _record_exported(self, count: int) -> None:
+        """Count ``count`` events as delivered and log drops not yet reported."""
+        with self._counts_lock:
+            self._exported_events += count
+            self._exported_batches += 1
+        self.drops.record_success()
 
     @abc.abstractmethod
     def _send(self, events: list[Event]) -> None:
@@ -101,16 +158,54 @@ class SchemaEventExporter(SpanExporter, abc.ABC):
             return "os_error"
         return "unexpected_error"
 
-    def shutdown(self) -> None:
-        """Reject later exports and release the backend's resources."""
+    def stats(self) -> dict[str, Any]:
+        """Return counts of delivered and dropped events and the circuit state.
+
+        Keys: ``exporter``, ``target``, ``exported_events``, ``exported_batches``
+        (successful sends), ``dropped_events``, ``dropped_by_reason``,
+        ``circuit_state`` (``closed``, ``open`` or ``half-open``),
+        ``circuit_opened`` (times the circuit opened) and ``consecutive_failures``.
+        Subclasses add their own keys.
+        """
+        with self._counts_lock:
+            exported_events, exported_batches = self._exported_events, self._exported_batches
+        return {
+            "exporter": self._name,
+            "target": self._target,
+            "exported_events": exported_events,
+            "exported_batches": exported_batches,
+            "dropped_events": self.drops.total,
+            "dropped_by_reason": self.drops.by_reason(),
+            "circuit_state": self.breaker.state,
+            "circuit_opened": self.breaker.opened_count,
+            "consecutive_failures": self.breaker.consecutive_failures,
+        }
+
+    def shutdown(self, timeout_millis: int | None = None) -> None:
+        """Reject later exports and release the backend's resources.
+
+        Args:
+            timeout_millis: the longest the call may wait for queued events, for
+                subclasses that queue them. This class queues nothing.
+        """
         if self._shutdown_event.is_set():
             return
         self._shutdown_event.set()
-        self._close()
+        self._close(timeout_millis)
 
-    def _close(self) -> None:
+    def _close(self, timeout_millis: int | None) -> None:
         """Release the backend's resources. The default has none."""
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        """Return True: every export sends its events before it returns, so nothing is buffered."""
+        """Return True: this class sends each batch before ``export`` returns."""
         return True
+
+    def _after_fork_in_child(self) -> None:
+        """Recreate locks, the breaker and backend connections in a forked child."""
+        self._counts_lock = threading.Lock()
+        self.drops.reinit_after_fork()
+        self.breaker.reinit_after_fork()
+        self._reset_connections_after_fork()
+
+    def _reset_connections_after_fork(self) -> None:
+        """Drop connections inherited from the parent. The default has none."""

@@ -3,8 +3,26 @@
 An exporter whose backend is down fails every batch. Logging each failure would
 flood the application's log, so ``DropReporter`` counts every dropped event and
 writes one WARNING per interval that carries the count since the previous one.
-The counts are also recorded on an OpenTelemetry counter, which is a no-op
-until the application sets a meter provider.
+The counts are also recorded on the OpenTelemetry counter
+``kaygraph_otel.exporter.dropped_events`` with the attributes ``exporter`` (the
+exporter class name) and ``reason``. The counter is a no-op until the
+application sets a meter provider.
+
+Reasons used by the exporters in this package:
+
+- ``connection``, ``timeout``, ``authentication``, ``redis_error``, ``os_error``:
+  the backend could not be reached or failed while the batch was sent.
+- ``backend_error``: the backend answered with a server error (HTTP 5xx) on every attempt.
+- ``rate_limited``: the backend answered HTTP 429 on every attempt.
+- ``rejected``: the backend refused the batch with an HTTP 4xx status, so it is not retried.
+- ``redirect``: the backend answered with a redirect, which is not followed.
+- ``gone``: the backend answered HTTP 410, so nothing more is sent to it.
+- ``circuit_open``: the circuit breaker was open, so no call was made.
+- ``queue_full``: a bounded queue had no room for the batch.
+- ``too_large``: one event, or the batch the backend refused with HTTP 413, exceeds
+  the size limit.
+- ``shutdown``: the exporter shut down before the batch could be delivered.
+- ``encode_error``, ``unexpected_error``: a bug; the debug log has the traceback.
 """
 
 from __future__ import annotations
@@ -109,6 +127,11 @@ class DropReporter:
             since_last,
             total,
         )
+
+    def reinit_after_fork(self) -> None:
+        """Recreate the lock in a forked child; the counts are kept."""
+        # Another thread of the parent may have held the lock when the process forked.
+        self._lock = threading.Lock()
 
     @property
     def total(self) -> int:

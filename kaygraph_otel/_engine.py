@@ -479,7 +479,8 @@ class Engine:
                 _debug_failure("prep")
 
     def _leave_prep(self, run: NodeRun, result: Any) -> None:
-        run.phase = "after_prep"
+        # A graph runs its nodes in _orch after prep, so a failure there is an _orch failure.
+        run.phase = "after_prep" if run.kind == "node" else "orch"
         if run.recording and self.settings.capture_snapshots:
             self._emit_snapshot(
                 run.span, "data_input", attr.EVENT_INPUT_SNAPSHOT, "preparing", result
@@ -648,6 +649,8 @@ class Engine:
                 _debug_failure("batch throughput")
 
     def _start_item(self, run: NodeRun) -> ItemRun:
+        # NOTE: the index counts items as they start. In a thread pool that order can
+        # differ from the items' positions in the list that prep returned.
         index = next(run.item_counter)
         span = None
         try:

@@ -19,14 +19,22 @@ MAX_ITEMS = 200
 MAX_STRING = 1024
 MAX_MESSAGE = 4096
 
+# Secret words in keys. The short ones must stand alone between separators, camelCase
+# humps or the ends of the key, and the long ones may also end a compound such as
+# "accesstoken". Both must end at a word boundary, so "max_tokens", "passenger", "author"
+# and "secretary" are kept. Token counts ("token_count", "token_usage") are kept too.
 _SECRET_KEY = re.compile(
-    r"pass(word|wd)?|secret|token|api[-_]?key|apikey|auth(orization)?|cookie|session[-_]?id|"
-    r"private[-_]?key|credential|credit[-_]?card|card[-_]?number|cvv|ssn",
+    r"(?:(?:^|[^a-z0-9])(?:pass|pwd|auth|cvv|ssn)"
+    r"|passwords?|passwd|passphrase|secrets?|secret[-_]?keys?|api[-_]?keys?"
+    r"|token(?![-_]?(?:counts?|usage|limits?))|private[-_]?keys?|credentials?"
+    r"|session[-_]?id|authorization|cookies?|credit[-_]?card|card[-_]?number)"
+    r"(?:$|[^a-z0-9])",
     re.IGNORECASE,
 )
+_CAMEL_HUMP = re.compile(r"([a-z0-9])([A-Z])")
 _SECRET_VALUE = re.compile(
     r"\b(?:\d[ -]?){13,19}\b"  # payment card numbers
-    r"|\bBearer\s+[A-Za-z0-9._~+/-]+=*"
+    r"|\bBearer\s+[A-Za-z0-9._~+/-]{8,}=*"
     r"|\b(?:sk|pk|rk)[-_](?:live|test)?[-_]?[A-Za-z0-9]{16,}"
     r"|\bAKIA[0-9A-Z]{16}\b"
     r"|\bgh[pousr]_[A-Za-z0-9]{20,}"
@@ -62,7 +70,8 @@ class _Snapshotter:
         self.scrubbed: list[str] = []
 
     def _key_is_secret(self, key: str) -> bool:
-        return _SECRET_KEY.search(key) is not None or any(p.search(key) for p in self.extra)
+        words = _CAMEL_HUMP.sub(r"\1_\2", key)
+        return _SECRET_KEY.search(words) is not None or any(p.search(key) for p in self.extra)
 
     def _text_is_secret(self, text: str) -> bool:
         return _SECRET_VALUE.search(text) is not None or any(p.search(text) for p in self.extra)

@@ -1,4 +1,4 @@
-"""Settings resolution: keyword options override KAYGRAPH_OTEL_* variables, which override defaults."""
+"""Settings resolution: options override KAYGRAPH_OTEL_* variables, which override defaults."""
 
 from __future__ import annotations
 

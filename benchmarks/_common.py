@@ -1,0 +1,339 @@
+"""Shared parts of the benchmarks: result tables, interleaved timing, workflows and redis-server."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import math
+import shutil
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pocketflow
+import psutil
+import redis
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import Sampler
+
+from kaygraph_otel import instrument_pocketflow, uninstrument_pocketflow
+
+logger = logging.getLogger(__name__)
+
+REDIS_START_TIMEOUT_SECONDS = 10.0
+REDIS_STOP_TIMEOUT_SECONDS = 10.0
+BENCH_SERVICE_NAME = "kaygraph-otel-bench"
+
+
+# Results
+
+
+@dataclass(frozen=True)
+class Options:
+    """Command-line options that every benchmark receives.
+
+    Attributes:
+        quick: run few repetitions on small inputs, to check that the benchmark works.
+        profile: also profile the instrumented case with pyinstrument, when it is installed.
+    """
+
+    quick: bool = False
+    profile: bool = False
+
+
+@dataclass
+class Table:
+    """One printed table: a title, column names, rows of formatted cells and notes below it."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add_row(self, *cells: object) -> None:
+        if len(cells) != len(self.columns):
+            raise ValueError(
+                f"row {cells!r} has {len(cells)} cells but table {self.title!r} has "
+                f"{len(self.columns)} columns"
+            )
+        self.rows.append([str(cell) for cell in cells])
+
+    def to_text(self) -> str:
+        widths = [len(column) for column in self.columns]
+        for row in self.rows:
+            widths = [max(width, len(cell)) for width, cell in zip(widths, row)]
+        lines = [self.title, "=" * len(self.title)]
+        lines.append("  ".join(c.ljust(w) for c, w in zip(self.columns, widths)).rstrip())
+        lines.append("  ".join("-" * w for w in widths))
+        for row in self.rows:
+            lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        lines.extend(f"  * {note}" for note in self.notes)
+        return "\n".join(lines)
+
+    def to_markdown(self) -> str:
+        lines = [f"### {self.title}", ""]
+        lines.append("| " + " | ".join(self.columns) + " |")
+        lines.append("| " + " | ".join("---" for _ in self.columns) + " |")
+        for row in self.rows:
+            lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
+        if self.notes:
+            lines.append("")
+            lines.extend(f"- {note}" for note in self.notes)
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One line of the final summary: a headline figure and, where one exists, its target.
+
+    Attributes:
+        benchmark: the benchmark's name, as given to ``--only``.
+        figure: what was measured.
+        value: the measured value, formatted.
+        target: the target in words, or an empty string when there is none.
+        holds: whether the target holds; None when there is no target.
+    """
+
+    benchmark: str
+    figure: str
+    value: str
+    target: str = ""
+    holds: bool | None = None
+
+
+@dataclass
+class Result:
+    """The tables, summary findings and free-text reports (such as profiles) of one benchmark."""
+
+    tables: list[Table] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """Return the ``fraction`` quantile (0 to 1) of ``values`` by linear interpolation."""
+    if not values:
+        raise ValueError("percentile of an empty sequence is undefined; pass at least one value")
+    ordered = sorted(values)
+    position = fraction * (len(ordered) - 1)
+    low = math.floor(position)
+    high = math.ceil(position)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def relative_spread(values: Sequence[float]) -> float:
+    """Return the interquartile range of ``values`` divided by their median."""
+    if len(values) < 2:
+        return 0.0
+    return (percentile(values, 0.75) - percentile(values, 0.25)) / median(values)
+
+
+def verdict(holds: bool | None) -> str:
+    if holds is None:
+        return "-"
+    return "holds" if holds else "does not hold"
+
+
+# Interleaved measurement
+
+
+def interleaved(
+    cases: dict[str, Callable[[], float]], rounds: int, *, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Call every case once per round and collect what each call returns (a measurement).
+
+    The order of the cases rotates from round to round, so no case always runs
+    right after the same neighbour. The first ``warmup`` rounds are discarded.
+    """
+    names = list(cases)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for index in range(warmup + rounds):
+        shift = index % len(names)
+        for name in names[shift:] + names[:shift]:
+            value = cases[name]()
+            if index >= warmup:
+                samples[name].append(value)
+    return samples
+
+
+def round_ratios(numerators: Sequence[float], denominators: Sequence[float]) -> list[float]:
+    """Return the ratio of each round's two measurements.
+
+    Two cases measured in the same round ran seconds apart, so their ratio is less
+    exposed to slow changes in machine load than the ratio of two overall medians.
+    """
+    return [top / bottom for top, bottom in zip(numerators, denominators, strict=True)]
+
+
+def timed(function: Callable[[], Any]) -> float:
+    """Collect garbage, then return the seconds that one call of ``function`` takes."""
+    gc.collect()
+    started = time.perf_counter()
+    function()
+    return time.perf_counter() - started
+
+
+# Workflows
+
+
+class NoopNode(pocketflow.Node):  # type: ignore[misc]
+    """A node whose prep, exec and post do nothing (PocketFlow's defaults)."""
+
+
+def chain(nodes: Sequence[pocketflow.BaseNode]) -> pocketflow.Flow:
+    """Link ``nodes`` in a row with the default action and return a Flow starting at the first."""
+    for current, following in zip(nodes, nodes[1:]):
+        current >> following
+    return pocketflow.Flow(start=nodes[0])
+
+
+def noop_flow(count: int) -> pocketflow.Flow:
+    return chain([NoopNode() for _ in range(count)])
+
+
+@contextlib.contextmanager
+def instrumented(provider: TracerProvider | None, **options: Any) -> Iterator[None]:
+    """Instrument PocketFlow with ``provider`` for the duration of the block."""
+    instrument_pocketflow(tracer_provider=provider, **options)
+    try:
+        yield
+    finally:
+        uninstrument_pocketflow()
+
+
+def sdk_provider(sampler: Sampler | None = None) -> TracerProvider:
+    """Return an SDK TracerProvider without span processors: spans are recorded, then discarded."""
+    return TracerProvider(sampler=sampler) if sampler is not None else TracerProvider()
+
+
+def redis_provider(url: str) -> TracerProvider:
+    """Return the provider that ``configure(redis_url=url)`` builds, without making it global."""
+    from kaygraph_otel_exporters import configure
+
+    return configure(service_name=BENCH_SERVICE_NAME, redis_url=url, set_global=False)
+
+
+# Processes and servers
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free when checked."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def rss_bytes(pid: int | None = None) -> int:
+    """Return the resident set size of process ``pid`` (this process by default), in bytes."""
+    return int(psutil.Process(pid).memory_info().rss)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` seconds pass; return its last value."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return predicate()
+        time.sleep(interval)
+    return True
+
+
+class RedisServer:
+    """A redis-server process on a free loopback port, without persistence.
+
+    ``stop()`` leaves the port closed, so a client sees connection refused.
+    """
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self._workdir = tempfile.TemporaryDirectory(prefix="kaygraph-bench-redis-")
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        """Start redis-server and wait until it replies to PING.
+
+        Raises:
+            RuntimeError: redis-server is not on PATH, exited, or did not reply in time.
+        """
+        executable = shutil.which("redis-server")
+        if executable is None:
+            raise RuntimeError(
+                "redis-server not found on PATH; install it with `make system-packages`"
+            )
+        command = [
+            executable,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", self._workdir.name,
+        ]  # fmt: skip
+        self._process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        if not wait_until(self.ping, REDIS_START_TIMEOUT_SECONDS, interval=0.05):
+            code = self._process.poll()
+            self.stop()
+            raise RuntimeError(
+                f"redis-server on port {self.port} did not reply to PING within "
+                f"{REDIS_START_TIMEOUT_SECONDS} s (exit code {code})"
+            )
+
+    def ping(self) -> bool:
+        try:
+            with redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1) as client:
+                return bool(client.ping())
+        except redis.RedisError:
+            return False
+
+    def publish_calls(self) -> int:
+        """Return how many PUBLISH commands the server has executed since it started."""
+        with redis.Redis(port=self.port, socket_timeout=2, socket_connect_timeout=2) as client:
+            stats = client.info("commandstats")
+        return int(stats.get("cmdstat_publish", {}).get("calls", 0))
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(REDIS_STOP_TIMEOUT_SECONDS)
+            except subprocess.TimeoutExpired:
+                logger.warning("redis-server pid %s ignored SIGTERM; killing it", process.pid)
+                process.kill()
+                process.wait(REDIS_STOP_TIMEOUT_SECONDS)
+
+    def close(self) -> None:
+        self.stop()
+        self._workdir.cleanup()
+
+    def __enter__(self) -> RedisServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def read_text_tail(path: Path, limit: int = 2000) -> str:
+    try:
+        return path.read_text(errors="replace")[-limit:]
+    except OSError as error:
+        return f"<cannot read {path}: {error}>"
