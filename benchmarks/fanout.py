@@ -282,13 +282,19 @@ def run(options: Options) -> Result:
     finally:
         server.stop()
 
-    latency = measure_latency(options)
-    return _report(rates, reps, deliveries, latency, options)
+    configurations = [(10, 0.025, 1)] if options.quick else [(40, 0.025, 5), (20, 0.1, 5)]
+    latency = {
+        sleep_seconds: measure_latency(nodes, sleep_seconds, runs)
+        for nodes, sleep_seconds, runs in configurations
+    }
+    return _report(rates, reps, deliveries, latency)
 
 
-def measure_latency(options: Options) -> dict[str, dict[str, Any]]:
-    """Run the sleeping workflow in embedded and Redis mode, alternating, with 50 clients each."""
-    nodes, sleep_seconds, runs = (10, 0.025, 1) if options.quick else (40, 0.025, 5)
+def measure_latency(nodes: int, sleep_seconds: float, runs: int) -> dict[str, dict[str, Any]]:
+    """Run a workflow of sleeping nodes in embedded and Redis mode, alternating run by run.
+
+    Each mode's dashboard has ``LATENCY_CLIENTS`` clients. Returns a latency summary per mode.
+    """
     flow = chain([SleepNode(sleep_seconds) for _ in range(nodes)])
     expected = nodes * runs
     with RedisServer() as redis_server:
@@ -312,10 +318,13 @@ def measure_latency(options: Options) -> dict[str, dict[str, Any]]:
             for process in processes.values():
                 process.wait_ready()
             modes = list(servers)
+            busy = dict.fromkeys(modes, 0.0)
             for index in range(runs):
                 for mode in modes[index % 2 :] + modes[: index % 2]:
+                    started = time.perf_counter()
                     with instrumented(providers[mode]):
                         flow.run({})
+                    busy[mode] += time.perf_counter() - started
                     # The spans leave on the processor's own schedule; forcing a flush
                     # would shorten the latency being measured.
                     time.sleep(0.5)
@@ -327,7 +336,12 @@ def measure_latency(options: Options) -> dict[str, dict[str, Any]]:
                 provider.shutdown()
             for server in servers.values():
                 server.stop()
-    return {mode: _latency_summary(outcome, expected) for mode, outcome in outcomes.items()}
+    summaries = {mode: _latency_summary(outcome, expected) for mode, outcome in outcomes.items()}
+    # Both modes run the same workflow, so the embedded bus's count serves for both.
+    event_rate = embedded_bus.published / busy["embedded (EventBus)"]
+    for summary in summaries.values():
+        summary["event_rate"] = event_rate
+    return summaries
 
 
 def _wait_for_relay(redis_server: RedisServer) -> None:
@@ -363,8 +377,7 @@ def _report(
     rates: dict[int, list[dict[str, float]]],
     reps: int,
     deliveries: int,
-    latency: dict[str, dict[str, Any]],
-    options: Options,
+    latency: dict[float, dict[str, dict[str, Any]]],
 ) -> Result:
     fanout = Table(
         f"SSE fan-out from the dashboard's EventBus, {deliveries:,} deliveries per measurement, "
@@ -391,24 +404,16 @@ def _report(
 
     latency_table = Table(
         f"Node end to SSE client receipt, {LATENCY_CLIENTS} clients, 200 ms flush interval",
-        ["mode", "p50 ms", "p99 ms", "max ms", "samples", "events per client (min/expected)",
-         "resets"],
+        ["node sleep", "events/s", "mode", "p50 ms", "p99 ms", "max ms", "samples",
+         "completed events per client (min/expected)", "resets"],
     )  # fmt: skip
-    for mode, summary in latency.items():
-        latency_table.add_row(
-            mode,
-            f"{summary['p50']:.1f}",
-            f"{summary['p99']:.1f}",
-            f"{summary['max']:.1f}",
-            summary["samples"],
-            f"{summary['min_received']}/{summary['expected']}",
-            summary["resets"],
-        )
-        if summary["errors"]:
-            latency_table.notes.append(f"{mode}: client errors {summary['errors']}")
+    for sleep_seconds, modes in latency.items():
+        for mode, summary in modes.items():
+            _add_latency_row(latency_table, sleep_seconds, mode, summary)
     latency_table.notes.append(
         "Latency = client receipt time minus the node_completed event's timestamp (the node's "
-        "end), both from this machine's clock; nodes sleep 25 ms each."
+        "end), both from this machine's clock. events/s = schema events the workflow emits "
+        "per second, each sent to every client."
     )
 
     findings = [
@@ -419,15 +424,33 @@ def _report(
         )
         for clients, samples in rates.items()
     ]
-    for mode, summary in latency.items():
-        findings.append(
-            Finding(
-                NAME,
-                f"node end to client, {LATENCY_CLIENTS} clients, {mode}",
-                f"p50 {summary['p50']:.0f} ms, p99 {summary['p99']:.0f} ms",
+    for sleep_seconds, modes in latency.items():
+        for mode, summary in modes.items():
+            findings.append(
+                Finding(
+                    NAME,
+                    f"node end to client, {LATENCY_CLIENTS} clients, "
+                    f"{sleep_seconds * 1000:g} ms nodes, {mode}",
+                    f"p50 {summary['p50']:.0f} ms, p99 {summary['p99']:.0f} ms",
+                )
             )
-        )
     return Result([fanout, latency_table], findings)
+
+
+def _add_latency_row(table: Table, sleep_seconds: float, mode: str, summary: dict[str, Any]) -> None:
+    table.add_row(
+        f"{sleep_seconds * 1000:g} ms",
+        f"{summary['event_rate']:.0f}",
+        mode,
+        f"{summary['p50']:.1f}",
+        f"{summary['p99']:.1f}",
+        f"{summary['max']:.1f}",
+        summary["samples"],
+        f"{summary['min_received']}/{summary['expected']}",
+        summary["resets"],
+    )
+    if summary["errors"]:
+        table.notes.append(f"{mode}, {sleep_seconds * 1000:g} ms nodes: client errors {summary['errors']}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,9 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
 from kaygraph_otel_exporters._breaker import (
     DEFAULT_FAILURE_THRESHOLD,
     DEFAULT_RESET_SECONDS,
@@ -17,8 +20,6 @@ from kaygraph_otel_exporters._breaker import (
 from kaygraph_otel_exporters._drops import DropReporter
 from kaygraph_otel_exporters._fork import register_fork_reset
 from kaygraph_otel_exporters.encoder import encode_spans
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 Event = dict[str, Any]
 

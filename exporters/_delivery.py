@@ -87,7 +87,7 @@ class DeliveryQueue:
         self._condition = threading.Condition()
 
     def put(self, delivery: Delivery) -> bool:
-        """Append ``delivery``; return False, leaving the queue unchanged, when it is full or closed."""
+        """Append ``delivery``; return False, and change nothing, when it is full or closed."""
         size = len(delivery.body)
         with self._condition:
             if self._closed or self._bytes + size > self._max_bytes:
@@ -118,7 +118,7 @@ class DeliveryQueue:
             self._condition.notify_all()
 
     def join(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds until every delivery is finished; return whether all are."""
+        """Wait up to ``timeout`` seconds for every delivery to finish; return whether all did."""
         deadline = time.monotonic() + max(0.0, timeout)
         with self._condition:
             while self._unfinished:

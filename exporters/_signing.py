@@ -1,4 +1,6 @@
-"""Standard Webhooks signing: the ``webhook-id``, ``webhook-timestamp`` and ``webhook-signature`` headers.
+"""Standard Webhooks signing of request bodies.
+
+Each request carries ``webhook-id``, ``webhook-timestamp`` and ``webhook-signature`` headers.
 
 The signature is ``v1,`` followed by the base64 HMAC-SHA256 of
 ``{webhook-id}.{webhook-timestamp}.{body}``, computed by the ``standardwebhooks``
@@ -20,7 +22,7 @@ from standardwebhooks import Webhook
 SECRET_PREFIX = "whsec_"
 MIN_SECRET_BYTES = 24
 _GENERATE_HINT = (
-    "generate one with: python -c \"import base64, secrets; "
+    'generate one with: python -c "import base64, secrets; '
     "print('whsec_' + base64.b64encode(secrets.token_bytes(32)).decode())\""
 )
 
@@ -68,9 +70,7 @@ class WebhookSigner:
     def __init__(self, secret: str | bytes) -> None:
         self._webhook = Webhook(decode_secret(secret))
 
-    def headers(
-        self, webhook_id: str, timestamp: datetime.datetime, body: bytes
-    ) -> dict[str, str]:
+    def headers(self, webhook_id: str, timestamp: datetime.datetime, body: bytes) -> dict[str, str]:
         """Return the three Standard Webhooks headers for one delivery attempt."""
         return {
             "webhook-id": webhook_id,

@@ -9,6 +9,12 @@ span into the remaining events. Both go through the first-in, first-out queue
 of one SDK ``BatchSpanProcessor``, so the started event goes out with the next
 batch, and never after the events of the same span's end.
 
+The SDK's queue is bounded. When it is full, the processor drops the new span
+and, for exporters of schema events, counts its events as ``queue_full`` drops.
+``force_flush`` and ``shutdown`` return within their time limits even when the
+exporter's backend hangs; the export still in progress then finishes on a
+daemon thread, which does not keep the interpreter from exiting.
+
 Usage::
 
     provider.add_span_processor(LiveSpanProcessor(RedisEventExporter(redis_url)))
@@ -16,18 +22,27 @@ Usage::
 
 from __future__ import annotations
 
+import collections
 import logging
-from typing import Protocol, runtime_checkable
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol, TypeVar, runtime_checkable
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 from kaygraph_otel.attributes import NODE_KIND
+from kaygraph_otel_exporters._drops import DropReporter
+from kaygraph_otel_exporters.encoder import encode_span
 
 logger = logging.getLogger(__name__)
 
 PENDING = "kaygraph.pending"
+DEFAULT_SHUTDOWN_TIMEOUT_MILLIS = 5000
+
+T = TypeVar("T")
 
 
 @runtime_checkable
@@ -47,7 +62,8 @@ class LiveSpanProcessor(SpanProcessor):
 
     Spans without the ``kaygraph.node_kind`` attribute, and spans that are not
     sampled, are ignored. Batching, the bounded queue and the worker thread are the
-    SDK's ``BatchSpanProcessor``. When its queue is full, the SDK drops the oldest span.
+    SDK's ``BatchSpanProcessor``. When its queue is full, this processor drops the new
+    span and counts its events in the exporter's ``drops``, if it has them.
 
     Args:
         exporter: an exporter of schema events, such as ``RedisEventExporter`` or
@@ -55,6 +71,8 @@ class LiveSpanProcessor(SpanProcessor):
         schedule_delay_millis: maximum delay in milliseconds before queued spans are exported.
         max_queue_size: maximum number of spans (pending copies included) waiting in the queue.
         max_export_batch_size: maximum number of spans passed to one ``export`` call.
+        shutdown_timeout_millis: the longest ``shutdown`` waits for the queue to be
+            exported and the exporter to shut down.
 
     Raises:
         TypeError: when ``exporter`` cannot handle pending spans.
@@ -68,6 +86,7 @@ class LiveSpanProcessor(SpanProcessor):
         schedule_delay_millis: int = 200,
         max_queue_size: int = 8192,
         max_export_batch_size: int = 512,
+        shutdown_timeout_millis: int = DEFAULT_SHUTDOWN_TIMEOUT_MILLIS,
     ) -> None:
         if not isinstance(exporter, PendingSpanExporter):
             raise TypeError(
@@ -76,9 +95,20 @@ class LiveSpanProcessor(SpanProcessor):
                 "BusEventExporter. Use BatchSpanProcessor for other exporters."
             )
         _validate_sizes(schedule_delay_millis, max_queue_size, max_export_batch_size)
+        if (
+            not isinstance(shutdown_timeout_millis, int)
+            or isinstance(shutdown_timeout_millis, bool)
+            or shutdown_timeout_millis < 0
+        ):
+            raise ValueError(
+                f"shutdown_timeout_millis must be a whole number >= 0, got "
+                f"{shutdown_timeout_millis!r}; the default is {DEFAULT_SHUTDOWN_TIMEOUT_MILLIS}"
+            )
         exporter.set_include_started(False)
         self._exporter = exporter
         self._schedule_delay_millis = schedule_delay_millis
+        self._max_queue_size = max_queue_size
+        self._shutdown_timeout_millis = shutdown_timeout_millis
         self._batch = BatchSpanProcessor(
             exporter,
             max_queue_size=max_queue_size,
@@ -86,6 +116,7 @@ class LiveSpanProcessor(SpanProcessor):
             max_export_batch_size=max_export_batch_size,
         )
         self._shutdown = False
+        self._queue = _sdk_queue(self._batch)
 
     @property
     def exporter(self) -> SpanExporter:
@@ -104,26 +135,97 @@ class LiveSpanProcessor(SpanProcessor):
         try:
             if not _is_sampled_kaygraph_span(span):
                 return
-            self._batch.on_end(_pending_copy(span))
+            self._enqueue(_pending_copy(span))
         except Exception:  # noqa: BLE001 - monitoring must never raise into the workflow
             logger.debug("Queueing the pending copy of span %r failed", span, exc_info=True)
 
     def on_end(self, span: ReadableSpan) -> None:
-        """Queue ``span`` if it is a kaygraph-otel span."""
+        """Queue ``span`` if it is a sampled kaygraph-otel span."""
         try:
-            if _is_kaygraph_span(span):
-                self._batch.on_end(span)
+            if _is_sampled_kaygraph_span(span):
+                self._enqueue(span)
         except Exception:  # noqa: BLE001 - monitoring must never raise into the workflow
             logger.debug("Queueing ended span %r failed", span, exc_info=True)
 
+    def _enqueue(self, span: ReadableSpan) -> None:
+        # The SDK would drop the oldest span of a full queue without telling the
+        # exporter, so the processor drops the new one itself and counts its events.
+        queue = self._queue
+        if queue is not None and len(queue) >= self._max_queue_size:
+            self._count_queue_full(span)
+            return
+        self._batch.on_end(span)
+
+    def _count_queue_full(self, span: ReadableSpan) -> None:
+        drops = getattr(self._exporter, "drops", None)
+        if not isinstance(drops, DropReporter):
+            return
+        include_started = bool(getattr(self._exporter, "include_started", False))
+        count = len(encode_span(span, include_started=include_started))
+        drops.record(count, "queue_full", f"span queue holds max_queue_size={self._max_queue_size}")
+
     def shutdown(self) -> None:
-        """Export what is queued, then shut down the batch processor and the exporter."""
+        """Export the queue, then shut down the exporter, within ``shutdown_timeout_millis``."""
         self._shutdown = True
-        self._batch.shutdown()
+        finished, _ = _call_with_timeout(self._batch.shutdown, self._shutdown_timeout_millis)
+        if not finished:
+            logger.warning(
+                "LiveSpanProcessor for %r did not shut down within %d ms; spans still being "
+                "exported may be lost",
+                self._exporter,
+                self._shutdown_timeout_millis,
+            )
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        """Export every queued span now. Return False after shutdown."""
-        return self._batch.force_flush(timeout_millis)
+        """Export every queued span and flush the exporter; False after shutdown or on timeout."""
+        if self._shutdown:
+            return False
+        deadline = time.monotonic() + max(0, timeout_millis) / 1000
+        finished, flushed = _call_with_timeout(
+            lambda: self._batch.force_flush(timeout_millis), timeout_millis
+        )
+        if not finished or flushed is not True:
+            return False
+        remaining_millis = max(0, int((deadline - time.monotonic()) * 1000))
+        return bool(self._exporter.force_flush(remaining_millis))
+
+
+def _sdk_queue(batch: BatchSpanProcessor) -> collections.deque[ReadableSpan] | None:
+    # The queue is private to the SDK (opentelemetry-sdk 1.45); without it, the
+    # processor leaves a full queue to the SDK, which drops spans uncounted.
+    processor = getattr(batch, "_batch_processor", None)
+    queue = getattr(processor, "_queue", None)
+    return queue if isinstance(queue, collections.deque) else None
+
+
+def _call_with_timeout(function: Callable[[], T], timeout_millis: int) -> tuple[bool, T | None]:
+    """Call ``function`` and wait up to ``timeout_millis`` for it.
+
+    Returns:
+        Whether it returned in time, and what it returned (None when it raised or
+        did not return in time). The call runs on a daemon thread, which keeps
+        running after a timeout.
+    """
+    outcome: list[T] = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            outcome.append(function())
+        except Exception:  # noqa: BLE001 - the caller only learns that the call failed
+            logger.debug("%r raised", function, exc_info=True)
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=run, name="kaygraph-otel-flush", daemon=True)
+    try:
+        thread.start()
+    except RuntimeError:
+        # New threads cannot start while the interpreter finalizes, so the call runs here.
+        run()
+    if not done.wait(max(0, timeout_millis) / 1000):
+        return False, None
+    return True, outcome[0] if outcome else None
 
 
 def _is_kaygraph_span(span: ReadableSpan) -> bool:

@@ -47,14 +47,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import redis
+from redis.backoff import NoBackoff
+from redis.client import Pipeline
+from redis.retry import Retry
+
 from kaygraph_otel_exporters._base import Event, SchemaEventExporter
 from kaygraph_otel_exporters._breaker import DEFAULT_FAILURE_THRESHOLD, DEFAULT_RESET_SECONDS
 from kaygraph_otel_exporters._drops import DEFAULT_LOG_INTERVAL_SECONDS
 from kaygraph_otel_exporters._urls import redact_url
 from kaygraph_otel_exporters.encoder import event_to_json
-from redis.backoff import NoBackoff
-from redis.client import Pipeline
-from redis.retry import Retry
 
 logger = logging.getLogger(__name__)
 
@@ -261,9 +262,7 @@ def _validate_stream_settings(
         ("max_indexed_runs", max_indexed_runs, 1, f"the default is {DEFAULT_MAX_INDEXED_RUNS}"),
     ):
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise ValueError(
-                f"{name} must be a whole number >= {minimum}, got {value!r}; {hint}"
-            )
+            raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}; {hint}")
 
 
 def _validate_url(url: str) -> None:

@@ -15,6 +15,16 @@ from these environment variables when they are set:
 
 - ``KAYGRAPH_OTEL_REDIS_URL``: the Redis URL. Setting it turns the Redis exporter on.
 - ``KAYGRAPH_OTEL_REDIS_CHANNEL``: the Pub/Sub channel.
+- ``KAYGRAPH_OTEL_REDIS_STREAM_MAXLEN``: approximate entries per run stream; 0
+  turns the streams off (default 10000).
+- ``KAYGRAPH_OTEL_WEBHOOK_URL``: an http:// or https:// endpoint. Setting it turns
+  the webhook exporter on.
+- ``KAYGRAPH_OTEL_WEBHOOK_SECRET``: the webhook signing secret, ``whsec_`` followed
+  by base64. It is never logged.
+- ``KAYGRAPH_OTEL_BREAKER_FAILURES``: consecutive failures that open an exporter's
+  circuit (default 5).
+- ``KAYGRAPH_OTEL_BREAKER_RESET_SECONDS``: seconds an open circuit waits before a
+  trial call (default 10).
 - ``KAYGRAPH_OTEL_FLUSH_INTERVAL_MS``: the live path's schedule delay in milliseconds.
 
 The standard ``OTEL_EXPORTER_OTLP_ENDPOINT`` and
@@ -28,13 +38,9 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
-from kaygraph_otel_exporters._urls import redact_url
-from kaygraph_otel_exporters.bus import EventBus, get_default_bus
-from kaygraph_otel_exporters.bus_exporter import BusEventExporter
-from kaygraph_otel_exporters.live import LiveSpanProcessor
-from kaygraph_otel_exporters.redis import DEFAULT_CHANNEL, RedisEventExporter
 from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -44,17 +50,56 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
 )
 
+from kaygraph_otel_exporters._breaker import (
+    DEFAULT_FAILURE_THRESHOLD,
+    DEFAULT_RESET_SECONDS,
+    validate_breaker_settings,
+)
+from kaygraph_otel_exporters._settings import (
+    ENV_BREAKER_FAILURES,
+    ENV_BREAKER_RESET_SECONDS,
+    ENV_FLUSH_INTERVAL_MS,
+    ENV_REDIS_CHANNEL,
+    ENV_REDIS_STREAM_MAXLEN,
+    ENV_REDIS_URL,
+    ENV_WEBHOOK_SECRET,
+    ENV_WEBHOOK_URL,
+    env_int,
+    env_seconds,
+    env_text,
+)
+from kaygraph_otel_exporters._urls import redact_url
+from kaygraph_otel_exporters.bus import EventBus, get_default_bus
+from kaygraph_otel_exporters.bus_exporter import BusEventExporter
+from kaygraph_otel_exporters.live import LiveSpanProcessor
+from kaygraph_otel_exporters.redis import (
+    DEFAULT_CHANNEL,
+    DEFAULT_STREAM_MAXLEN,
+    RedisEventExporter,
+)
+from kaygraph_otel_exporters.webhook import WebhookSpanExporter
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_SERVICE_NAME = "kaygraph-workflow"
 DEFAULT_SCHEDULE_DELAY_MILLIS = 200
 
-ENV_REDIS_URL = "KAYGRAPH_OTEL_REDIS_URL"
-ENV_REDIS_CHANNEL = "KAYGRAPH_OTEL_REDIS_CHANNEL"
-ENV_FLUSH_INTERVAL_MS = "KAYGRAPH_OTEL_FLUSH_INTERVAL_MS"
 OTLP_ENV_VARS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 OTLP_TRACES_PATH = "/v1/traces"
 OTLP_EXTRA = "kaygraph-otel[dashboard]"
+
+
+@dataclass(frozen=True)
+class _EventOptions:
+    """The settings of the schema-event exporters, after arguments and environment are merged."""
+
+    redis_url: str | None
+    channel: str
+    redis_stream_maxlen: int
+    webhook_url: str | None
+    webhook_secret: str | bytes | None = field(repr=False)
+    breaker_failures: int
+    breaker_reset_seconds: float
 
 
 def configure(
@@ -62,6 +107,11 @@ def configure(
     service_name: str = DEFAULT_SERVICE_NAME,
     redis_url: str | None = None,
     channel: str = DEFAULT_CHANNEL,
+    redis_stream_maxlen: int | None = None,
+    webhook_url: str | None = None,
+    webhook_secret: str | bytes | None = None,
+    breaker_failures: int | None = None,
+    breaker_reset_seconds: float | None = None,
     bus: EventBus | None = None,
     use_bus: bool = False,
     otlp_endpoint: str | None = None,
@@ -81,6 +131,15 @@ def configure(
             yields to ``OTEL_SERVICE_NAME`` when that is set.
         redis_url: publish schema events to this Redis server through a live processor.
         channel: the Redis Pub/Sub channel.
+        redis_stream_maxlen: approximate entries kept per run stream in Redis; 0 turns
+            the streams off.
+        webhook_url: post schema events to this http:// or https:// endpoint through a
+            live processor.
+        webhook_secret: the secret that signs webhook requests, ``whsec_`` followed by
+            base64. Required with ``webhook_url``.
+        breaker_failures: consecutive failures that open the circuit of the Redis and
+            webhook exporters.
+        breaker_reset_seconds: seconds an open circuit waits before a trial call.
         bus: publish schema events to this in-process bus through a live processor.
         use_bus: publish to the process-wide default bus when ``bus`` is None.
         otlp_endpoint: export the spans over OTLP/HTTP to this URL. A URL without a
@@ -95,16 +154,22 @@ def configure(
         The SDK also does so when the interpreter exits.
 
     Raises:
-        ValueError: when an argument or environment variable has an invalid value.
+        ValueError: when an argument or environment variable has an invalid value, or
+            a webhook URL is given without a secret.
         TypeError: when ``bus`` is not an ``EventBus``.
         ImportError: when OTLP export is requested but its exporter package is missing.
     """
-    redis_url = redis_url if redis_url is not None else _env(ENV_REDIS_URL)
-    if channel == DEFAULT_CHANNEL:
-        channel = _env(ENV_REDIS_CHANNEL) or channel
+    options = _event_options(
+        redis_url,
+        channel,
+        redis_stream_maxlen,
+        webhook_url,
+        webhook_secret,
+        breaker_failures,
+        breaker_reset_seconds,
+    )
     if schedule_delay_millis == DEFAULT_SCHEDULE_DELAY_MILLIS:
-        schedule_delay_millis = _env_millis(ENV_FLUSH_INTERVAL_MS) or schedule_delay_millis
-
+        schedule_delay_millis = env_int(ENV_FLUSH_INTERVAL_MS, 1, "200") or schedule_delay_millis
     if not isinstance(schedule_delay_millis, int) or schedule_delay_millis <= 0:
         raise ValueError(
             f"schedule_delay_millis must be a positive whole number of milliseconds, "
@@ -115,7 +180,7 @@ def configure(
     # starts its worker thread, so an invalid argument leaves no thread behind.
     resource = _resource(service_name)
     span_exporters = _span_exporters(otlp_endpoint, console)
-    live_exporters = _event_exporters(redis_url, channel, bus, use_bus)
+    live_exporters = _event_exporters(options, bus, use_bus)
 
     provider = TracerProvider(resource=resource)
     for _, exporter in live_exporters:
@@ -131,8 +196,9 @@ def configure(
     else:
         logger.warning(
             "configure() added no exporter, so spans are recorded but sent nowhere. Pass "
-            "redis_url, use_bus, otlp_endpoint or console=True, or set %s",
+            "redis_url, webhook_url, use_bus, otlp_endpoint or console=True, or set %s or %s",
             ENV_REDIS_URL,
+            ENV_WEBHOOK_URL,
         )
 
     if set_global:
@@ -140,13 +206,73 @@ def configure(
     return provider
 
 
+def _event_options(
+    redis_url: str | None,
+    channel: str,
+    redis_stream_maxlen: int | None,
+    webhook_url: str | None,
+    webhook_secret: str | bytes | None,
+    breaker_failures: int | None,
+    breaker_reset_seconds: float | None,
+) -> _EventOptions:
+    if channel == DEFAULT_CHANNEL:
+        channel = env_text(ENV_REDIS_CHANNEL) or channel
+    if redis_stream_maxlen is None:
+        redis_stream_maxlen = env_int(ENV_REDIS_STREAM_MAXLEN, 0, "10000")
+    if breaker_failures is None:
+        breaker_failures = env_int(ENV_BREAKER_FAILURES, 1, "5")
+    if breaker_reset_seconds is None:
+        breaker_reset_seconds = env_seconds(ENV_BREAKER_RESET_SECONDS, "10")
+    options = _EventOptions(
+        redis_url=redis_url if redis_url is not None else env_text(ENV_REDIS_URL),
+        channel=channel,
+        redis_stream_maxlen=(
+            DEFAULT_STREAM_MAXLEN if redis_stream_maxlen is None else redis_stream_maxlen
+        ),
+        webhook_url=webhook_url if webhook_url is not None else env_text(ENV_WEBHOOK_URL),
+        webhook_secret=(
+            webhook_secret if webhook_secret is not None else env_text(ENV_WEBHOOK_SECRET)
+        ),
+        breaker_failures=(
+            DEFAULT_FAILURE_THRESHOLD if breaker_failures is None else breaker_failures
+        ),
+        breaker_reset_seconds=(
+            DEFAULT_RESET_SECONDS if breaker_reset_seconds is None else breaker_reset_seconds
+        ),
+    )
+    validate_breaker_settings(options.breaker_failures, options.breaker_reset_seconds)
+    if options.webhook_url and not options.webhook_secret:
+        raise ValueError(
+            f"webhook URL {redact_url(options.webhook_url)!r} is set but no signing secret "
+            f"is; pass webhook_secret or set {ENV_WEBHOOK_SECRET} to the receiver's "
+            "'whsec_...' secret"
+        )
+    return options
+
+
 def _event_exporters(
-    redis_url: str | None, channel: str, bus: EventBus | None, use_bus: bool
+    options: _EventOptions, bus: EventBus | None, use_bus: bool
 ) -> list[tuple[str, SpanExporter]]:
     exporters: list[tuple[str, SpanExporter]] = []
-    if redis_url:
-        redis_exporter = RedisEventExporter(redis_url, channel)
-        exporters.append((f"Redis {redis_exporter.target} channel {channel}", redis_exporter))
+    if options.redis_url:
+        redis_exporter = RedisEventExporter(
+            options.redis_url,
+            options.channel,
+            stream_maxlen=options.redis_stream_maxlen,
+            breaker_failures=options.breaker_failures,
+            breaker_reset_seconds=options.breaker_reset_seconds,
+        )
+        exporters.append(
+            (f"Redis {redis_exporter.target} channel {options.channel}", redis_exporter)
+        )
+    if options.webhook_url and options.webhook_secret:
+        webhook_exporter = WebhookSpanExporter(
+            options.webhook_url,
+            options.webhook_secret,
+            breaker_failures=options.breaker_failures,
+            breaker_reset_seconds=options.breaker_reset_seconds,
+        )
+        exporters.append((f"webhook {webhook_exporter.target}", webhook_exporter))
     if bus is not None or use_bus:
         bus_exporter = BusEventExporter(bus if bus is not None else get_default_bus())
         exporters.append(("the in-process event bus", bus_exporter))
@@ -161,27 +287,6 @@ def _span_exporters(otlp_endpoint: str | None, console: bool) -> list[tuple[str,
     if console:
         exporters.append(("the console", ConsoleSpanExporter()))
     return exporters
-
-
-def _env(name: str) -> str | None:
-    value = os.environ.get(name, "").strip()
-    return value or None
-
-
-def _env_millis(name: str) -> int | None:
-    text = _env(name)
-    if text is None:
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise ValueError(
-            f"invalid {name} {text!r}: expected a positive whole number of milliseconds, "
-            "such as 200"
-        )
-    return value
 
 
 def _resource(service_name: str) -> Resource:
@@ -199,7 +304,7 @@ def _resource(service_name: str) -> Resource:
 
 
 def _env_names_service() -> bool:
-    if _env("OTEL_SERVICE_NAME"):
+    if env_text("OTEL_SERVICE_NAME"):
         return True
     resource_attributes = os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "")
     return any(
@@ -208,7 +313,7 @@ def _env_names_service() -> bool:
 
 
 def _otlp_exporter(otlp_endpoint: str | None) -> SpanExporter | None:
-    if otlp_endpoint is None and not any(_env(name) for name in OTLP_ENV_VARS):
+    if otlp_endpoint is None and not any(env_text(name) for name in OTLP_ENV_VARS):
         return None
     try:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter

@@ -55,6 +55,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from opentelemetry.sdk.trace.export import SpanExportResult
+
+from kaygraph_otel.version import __version__
 from kaygraph_otel_exporters._base import Event, SchemaEventExporter
 from kaygraph_otel_exporters._breaker import (
     DEFAULT_FAILURE_THRESHOLD,
@@ -67,9 +70,6 @@ from kaygraph_otel_exporters._retry import backoff_delay, parse_retry_after
 from kaygraph_otel_exporters._signing import WebhookSigner
 from kaygraph_otel_exporters._urls import redact_url
 from kaygraph_otel_exporters.encoder import event_to_json
-from opentelemetry.sdk.trace.export import SpanExportResult
-
-from kaygraph_otel.version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -491,11 +491,7 @@ def _validate_url(url: str) -> str:
 
 
 def _require_positive_seconds(name: str, value: float) -> None:
-    if (
-        not isinstance(value, (int, float))
-        or isinstance(value, bool)
-        or not 0 < value < math.inf
-    ):
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
         raise ValueError(
             f"{name} must be a positive, finite number of seconds, got {value!r}; "
             "a missing timeout would let a hanging endpoint stall delivery"
