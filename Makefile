@@ -6,10 +6,12 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 # Written after a successful `pip install`; pip runs again when pyproject.toml is newer.
 INSTALL_STAMP := $(VENV)/.install-stamp
+# The dashboard's graph layout library, installed by npm and copied into static/vendor/.
+VENDOR_ASSET := dashboard/static/vendor/elk.bundled.js
 
 .PHONY: install system-packages test demo bench lint clean
 
-install: system-packages $(INSTALL_STAMP)
+install: system-packages $(INSTALL_STAMP) $(VENDOR_ASSET)
 
 # The script checks for redis-server and chromium and calls apt-get only when one is missing.
 system-packages:
@@ -21,6 +23,10 @@ $(PYTHON):
 $(INSTALL_STAMP): pyproject.toml | $(PYTHON)
 	$(PYTHON) -m pip install -e '.[dev]'
 	touch $(INSTALL_STAMP)
+
+$(VENDOR_ASSET): dashboard/package.json dashboard/package-lock.json
+	npm --prefix dashboard ci --no-audit --no-fund
+	npm --prefix dashboard run vendor
 
 test: install
 	$(PYTHON) -m pytest $(PYTEST_ARGS)

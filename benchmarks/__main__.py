@@ -57,7 +57,8 @@ def selected(only: str) -> list[str]:
     unknown = [name for name in names if name not in BENCHMARKS]
     if unknown:
         raise SystemExit(
-            f"unknown benchmark(s) {', '.join(unknown)} in --only; choose from {', '.join(BENCHMARKS)}"
+            f"unknown benchmark(s) {', '.join(unknown)} in --only; "
+            f"choose from {', '.join(BENCHMARKS)}"
         )
     return [name for name in BENCHMARKS if name in names]
 

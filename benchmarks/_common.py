@@ -14,7 +14,6 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pocketflow
@@ -68,12 +67,14 @@ class Table:
     def to_text(self) -> str:
         widths = [len(column) for column in self.columns]
         for row in self.rows:
-            widths = [max(width, len(cell)) for width, cell in zip(widths, row)]
+            widths = [max(width, len(cell)) for width, cell in zip(widths, row, strict=True)]
         lines = [self.title, "=" * len(self.title)]
-        lines.append("  ".join(c.ljust(w) for c, w in zip(self.columns, widths)).rstrip())
+        lines.append(
+            "  ".join(c.ljust(w) for c, w in zip(self.columns, widths, strict=True)).rstrip()
+        )
         lines.append("  ".join("-" * w for w in widths))
         for row in self.rows:
-            lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+            lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
         lines.extend(f"  * {note}" for note in self.notes)
         return "\n".join(lines)
 
@@ -193,7 +194,7 @@ class NoopNode(pocketflow.Node):  # type: ignore[misc]
 
 def chain(nodes: Sequence[pocketflow.BaseNode]) -> pocketflow.Flow:
     """Link ``nodes`` in a row with the default action and return a Flow starting at the first."""
-    for current, following in zip(nodes, nodes[1:]):
+    for current, following in zip(nodes, nodes[1:], strict=False):
         current >> following
     return pocketflow.Flow(start=nodes[0])
 
@@ -332,8 +333,118 @@ class RedisServer:
         self.close()
 
 
-def read_text_tail(path: Path, limit: int = 2000) -> str:
+# Profiling
+
+# Each sample's time goes to the nearest frame on its stack whose file path contains
+# one of these fragments, checked in order, so standard-library and built-in calls
+# (and wrapt, whose wrappers are C code) count toward the code that made them.
+PROFILE_CATEGORIES = (
+    ("/opentelemetry/", "OpenTelemetry SDK and API"),
+    ("/kaygraph_otel/", "kaygraph_otel (instrumentation)"),
+    ("/exporters/", "kaygraph_otel_exporters (encoder, exporters)"),
+    ("/redis/", "redis-py"),
+    ("/httpx/", "httpx"),
+    ("/pocketflow/", "PocketFlow and the benchmark's own code"),
+    ("/benchmarks/", "PocketFlow and the benchmark's own code"),
+)
+PROFILE_INTERVAL_SECONDS = 0.0001
+PROFILE_TREE_LINES = 45
+
+
+@dataclass
+class Profile:
+    """Where one profiled call spent its time.
+
+    Attributes:
+        seconds_by_category: time per category of ``PROFILE_CATEGORIES``, plus "other".
+        seconds_by_function: time per ``function (file:line)`` of the project's own
+            packages, kaygraph_otel and kaygraph_otel_exporters.
+        tree: the first ``PROFILE_TREE_LINES`` lines of pyinstrument's call tree.
+    """
+
+    seconds_by_category: dict[str, float]
+    seconds_by_function: dict[str, float]
+    tree: str
+
+
+def _category(file_path: str | None) -> tuple[str, str] | None:
+    if not file_path:
+        return None
+    for fragment, name in PROFILE_CATEGORIES:
+        if fragment in file_path:
+            return fragment, name
+    return None
+
+
+def profile_call(function: Callable[[], Any]) -> Profile | None:
+    """Profile one call of ``function`` with pyinstrument; None when pyinstrument is missing."""
     try:
-        return path.read_text(errors="replace")[-limit:]
-    except OSError as error:
-        return f"<cannot read {path}: {error}>"
+        from pyinstrument import Profiler
+    except ImportError:
+        return None
+    profiler = Profiler(interval=PROFILE_INTERVAL_SECONDS)
+    profiler.start()
+    function()
+    session = profiler.stop()
+    root = session.root_frame()
+    by_category: dict[str, float] = {}
+    by_function: dict[str, float] = {}
+    if root is not None:
+        _attribute(root, "other", None, by_category, by_function)
+    tree = profiler.output_text(unicode=False, color=False, show_all=False)
+    return Profile(by_category, by_function, "\n".join(tree.splitlines()[:PROFILE_TREE_LINES]))
+
+
+def _attribute(
+    frame: Any,
+    owner: str,
+    owner_function: str | None,
+    by_category: dict[str, float],
+    by_function: dict[str, float],
+) -> None:
+    found = _category(frame.file_path)
+    if found is not None:
+        fragment, owner = found
+        owner_function = None
+        if fragment in ("/kaygraph_otel/", "/exporters/"):
+            short = frame.file_path.rsplit(fragment, 1)[-1]
+            owner_function = f"{frame.function} ({fragment.strip('/')}/{short}:{frame.line_no})"
+    children = [child for child in frame.children if not child.is_synthetic]
+    exclusive = frame.time - sum(child.time for child in children)
+    by_category[owner] = by_category.get(owner, 0.0) + exclusive
+    if owner_function is not None:
+        by_function[owner_function] = by_function.get(owner_function, 0.0) + exclusive
+    for child in children:
+        _attribute(child, owner, owner_function, by_category, by_function)
+
+
+def profile_tables(
+    title: str, profile: Profile, unit_cost: float, unit: str, top: int = 8
+) -> list[Table]:
+    """Return the category table and the top project functions of ``profile``.
+
+    Shares of the profile are scaled to ``unit_cost`` microseconds per ``unit``, the
+    unprofiled median, because the profiler itself slows the code down.
+    """
+    total = sum(profile.seconds_by_category.values()) or 1.0
+    categories = Table(
+        f"Profile: {title}",
+        ["where the time goes", "share", f"us/{unit} (of {unit_cost:.1f})"],
+    )
+    for name, seconds in sorted(profile.seconds_by_category.items(), key=lambda kv: -kv[1]):
+        share = seconds / total
+        categories.add_row(name, f"{share * 100:.1f}%", f"{share * unit_cost:.1f}")
+    categories.notes.append(
+        "Standard-library, built-in and C-extension calls count toward the nearest caller "
+        "in one of the listed packages; pyinstrument sampled every 0.1 ms."
+    )
+    functions = Table(
+        f"Profile: {title}, project functions by own time (callees outside the listed "
+        "packages included)",
+        ["function", "share", f"us/{unit}"],
+    )
+    ranked = sorted(profile.seconds_by_function.items(), key=lambda kv: -kv[1])[:top]
+    for name, seconds in ranked:
+        share = seconds / total
+        functions.add_row(name, f"{share * 100:.1f}%", f"{share * unit_cost:.1f}")
+    return [categories, functions] if ranked else [categories]

@@ -27,6 +27,8 @@ from benchmarks._common import (
     interleaved,
     median,
     noop_flow,
+    profile_call,
+    profile_tables,
     relative_spread,
     round_ratios,
     sdk_provider,
@@ -39,6 +41,7 @@ NODES = 100
 # The disabled case holds its target when it is within the measured noise, and
 # never needs to be closer than this to 1.00.
 MIN_NOISE_BAND = 0.02
+SAMPLED_OUT_CASE = "sampled out (ALWAYS_OFF sampler)"
 
 
 def _is_patched() -> bool:
@@ -83,11 +86,22 @@ def run(options: Options) -> Result:
         "uninstrumented": lambda: timed(run_flow),
         "uninstrumented again (A/A control)": lambda: timed(run_flow),
         "disabled (enabled=False)": _disabled_case(run_flow),
-        "sampled out (ALWAYS_OFF sampler)": _sampled_out_case(run_flow, sampled_out),
+        SAMPLED_OUT_CASE: _sampled_out_case(run_flow, sampled_out),
     }
     samples = interleaved(cases, rounds)
+    result = _report(samples, runs, rounds)
+    if options.profile:
+        cost = median(samples[SAMPLED_OUT_CASE]) / (runs * NODES) * 1e6
+        with instrumented(sampled_out):
+            profile = profile_call(_runner(flow, runs * 5))
+        if profile is None:
+            result.texts.append("pyinstrument is not installed, so --profile printed nothing.")
+        else:
+            title = f"{SAMPLED_OUT_CASE}, {runs * 5} runs of {NODES} nodes"
+            result.tables.extend(profile_tables(title, profile, cost, "node"))
+            result.texts.append(f"pyinstrument call tree, {title}\n{profile.tree}")
     sampled_out.shutdown()
-    return _report(samples, runs, rounds)
+    return result
 
 
 def _report(samples: dict[str, list[float]], runs: int, rounds: int) -> Result:

@@ -195,7 +195,9 @@ class ClientProcess:
             line = self._lines.get(timeout=self.timeout + 30)
         except queue.Empty:
             self.kill()
-            raise RuntimeError(f"SSE client process sent no result within {self.timeout + 30} s") from None
+            raise RuntimeError(
+                f"SSE client process sent no result within {self.timeout + 30} s"
+            ) from None
         self._process.wait(30)
         return json.loads(line)  # type: ignore[no-any-return]
 
@@ -221,13 +223,17 @@ def _chunks(events: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, 
         yield events[start : start + size]
 
 
-def measure_fanout(server_url: str, bus: EventBus, clients: int, events: list[dict[str, Any]]) -> dict[str, float]:
+def measure_fanout(
+    server_url: str, bus: EventBus, clients: int, events: list[dict[str, Any]]
+) -> dict[str, float]:
     expected = len(events)
     process = ClientProcess(f"{server_url}/api/events", clients, "count", expected, timeout=120)
     process.wait_ready()
     if not wait_until(lambda: bus.subscriber_count >= clients, 10):
         process.kill()
-        raise RuntimeError(f"the dashboard has {bus.subscriber_count} subscribers, expected {clients}")
+        raise RuntimeError(
+            f"the dashboard has {bus.subscriber_count} subscribers, expected {clients}"
+        )
     server_cpu = psutil.Process().cpu_times()
     started = time.time()
     for batch in _chunks(events, PUBLISH_BATCH):
@@ -236,7 +242,9 @@ def measure_fanout(server_url: str, bus: EventBus, clients: int, events: list[di
     server_cpu_after = psutil.Process().cpu_times()
     results = outcome["results"]
     if outcome["errors"] or outcome["timed_out"] or len(results) != clients:
-        raise RuntimeError(f"SSE clients failed: {outcome['errors']}, {outcome['timed_out']} timed out")
+        raise RuntimeError(
+            f"SSE clients failed: {outcome['errors']}, {outcome['timed_out']} timed out"
+        )
     counts = [result["count"] for result in results]
     if min(counts) < expected:
         raise RuntimeError(f"an SSE client received {min(counts)} of {expected} events")
@@ -437,7 +445,9 @@ def _report(
     return Result([fanout, latency_table], findings)
 
 
-def _add_latency_row(table: Table, sleep_seconds: float, mode: str, summary: dict[str, Any]) -> None:
+def _add_latency_row(
+    table: Table, sleep_seconds: float, mode: str, summary: dict[str, Any]
+) -> None:
     table.add_row(
         f"{sleep_seconds * 1000:g} ms",
         f"{summary['event_rate']:.0f}",
@@ -450,7 +460,9 @@ def _add_latency_row(table: Table, sleep_seconds: float, mode: str, summary: dic
         summary["resets"],
     )
     if summary["errors"]:
-        table.notes.append(f"{mode}, {sleep_seconds * 1000:g} ms nodes: client errors {summary['errors']}")
+        table.notes.append(
+            f"{mode}, {sleep_seconds * 1000:g} ms nodes: client errors {summary['errors']}"
+        )
 
 
 if __name__ == "__main__":

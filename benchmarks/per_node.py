@@ -39,6 +39,8 @@ from benchmarks._common import (
     interleaved,
     median,
     noop_flow,
+    profile_call,
+    profile_tables,
     redis_provider,
     relative_spread,
     round_ratios,
@@ -161,16 +163,18 @@ def hand_traced_flow(count: int) -> HandTracedFlow:
     reference = capture_spans(noop_flow(count), instrument=True)
     workflow_span, node_spans = reference[-1], reference[:-1]
     if len(node_spans) != count:
-        raise RuntimeError(f"expected {count} node spans from the instrumentation, got {len(node_spans)}")
+        raise RuntimeError(
+            f"expected {count} node spans from the instrumentation, got {len(node_spans)}"
+        )
 
     state = _RunState()
     nodes = [HandTracedNode() for _ in range(count)]
-    for node, span in zip(nodes, node_spans):
+    for node, span in zip(nodes, node_spans, strict=True):
         node.span_name = span.name
         node.start_attributes = _start_attributes(span)
         node.next_node_id = (span.attributes or {}).get(attr.NEXT_NODE_ID)  # type: ignore[assignment]
         node.run_state = state
-    for current, following in zip(nodes, nodes[1:]):
+    for current, following in zip(nodes, nodes[1:], strict=False):
         current >> following
     flow = HandTracedFlow(start=nodes[0])
     flow.span_name = workflow_span.name
@@ -195,7 +199,11 @@ def _check_same_shape(expected: Sequence[ReadableSpan], actual: Sequence[Readabl
     expected_shapes = [_shape(span) for span in expected]
     actual_shapes = [_shape(span) for span in actual]
     if expected_shapes != actual_shapes:
-        first = next(i for i, (a, b) in enumerate(zip(expected_shapes, actual_shapes)) if a != b)
+        first = next(
+            i
+            for i, (a, b) in enumerate(zip(expected_shapes, actual_shapes, strict=False))
+            if a != b
+        )
         raise RuntimeError(
             f"the hand-made floor spans differ from the instrumented spans at span {first}: "
             f"expected {expected_shapes[first]}, got {actual_shapes[first]}"
@@ -269,31 +277,30 @@ def run(options: Options) -> Result:
 
     result = _report(samples, runs, rounds, published)
     if options.profile:
-        result.texts.append(profile_instrumented(plain, runs * 5))
+        per_node = {name: median(values) / (runs * NODES) * 1e6 for name, values in samples.items()}
+        profiled = profile_cases(plain, floor, runs * 5, per_node)
+        result.tables.extend(profiled.tables)
+        result.texts.extend(profiled.texts)
     return result
 
 
 def _added_ratio(samples: dict[str, list[float]], case: str, floor: str) -> float:
     """Return the median over rounds of (case - uninstrumented) / (floor - uninstrumented)."""
     base = samples["uninstrumented"]
-    added = [value - reference for value, reference in zip(samples[case], base)]
-    floor_added = [value - reference for value, reference in zip(samples[floor], base)]
+    added = [value - reference for value, reference in zip(samples[case], base, strict=True)]
+    floor_added = [value - reference for value, reference in zip(samples[floor], base, strict=True)]
     return median(round_ratios(added, floor_added))
 
 
 def _report(samples: dict[str, list[float]], runs: int, rounds: int, published: int) -> Result:
-    per_node = {
-        name: median(values) / (runs * NODES) * 1e6 for name, values in samples.items()
-    }
+    per_node = {name: median(values) / (runs * NODES) * 1e6 for name, values in samples.items()}
     base = per_node["uninstrumented"]
     table = Table(
         f"Per-node cost: {NODES} no-op nodes in a Flow, {runs} runs per round, {rounds} rounds",
         ["case", "us/node (median)", "added us/node", "x uninstrumented", "added / floor added",
          "spread (IQR/median)"],
     )  # fmt: skip
-    ratios = {
-        case: _added_ratio(samples, case, floor) for case, floor in FLOOR_OF.items()
-    }
+    ratios = {case: _added_ratio(samples, case, floor) for case, floor in FLOOR_OF.items()}
     for name, value in per_node.items():
         slowdown = median(round_ratios(samples[name], samples["uninstrumented"]))
         table.add_row(
@@ -321,7 +328,8 @@ def _report(samples: dict[str, list[float]], runs: int, rounds: int, published: 
         Finding(
             NAME,
             "added cost per node, SDK without export",
-            f"{per_node[SDK_CASE] - base:.1f} us (floor {per_node[FLOOR_OF[SDK_CASE]] - base:.1f} us)",
+            f"{per_node[SDK_CASE] - base:.1f} us "
+            f"(floor {per_node[FLOOR_OF[SDK_CASE]] - base:.1f} us)",
         ),
         Finding(
             NAME,
@@ -351,18 +359,22 @@ def _report(samples: dict[str, list[float]], runs: int, rounds: int, published: 
     return Result([table], findings)
 
 
-def profile_instrumented(flow: pocketflow.Flow, runs: int) -> str:
-    """Profile ``runs`` instrumented runs of ``flow`` with pyinstrument and return its text report."""
-    try:
-        from pyinstrument import Profiler
-    except ImportError:
-        return "pyinstrument is not installed; install it into the virtualenv to use --profile."
+def profile_cases(
+    plain: pocketflow.Flow, floor: HandTracedFlow, runs: int, per_node: dict[str, float]
+) -> Result:
+    """Profile the instrumented and the floor case, both with the SDK and no export."""
+    result = Result()
     provider = sdk_provider()
-    profiler = Profiler(interval=0.0001)
     with instrumented(provider):
-        profiler.start()
-        _runner(flow, runs)()
-        profiler.stop()
+        instrumented_profile = profile_call(_runner(plain, runs))
+    _set_tracer(floor, provider.get_tracer("benchmarks.floor"))
+    floor_profile = profile_call(_runner(floor, runs))
     provider.shutdown()
-    header = f"pyinstrument profile: {runs} instrumented runs of {NODES} no-op nodes, SDK, no export"
-    return header + "\n" + profiler.output_text(unicode=False, color=False, show_all=False)
+    if instrumented_profile is None or floor_profile is None:
+        result.texts.append("pyinstrument is not installed, so --profile printed nothing.")
+        return result
+    for case, profile in ((SDK_CASE, instrumented_profile), (FLOOR_OF[SDK_CASE], floor_profile)):
+        title = f"{case}, {runs} runs of {NODES} nodes"
+        result.tables.extend(profile_tables(title, profile, per_node[case], "node"))
+        result.texts.append(f"pyinstrument call tree, {title}\n{profile.tree}")
+    return result

@@ -72,9 +72,7 @@ def work_flow(size: int, seconds: float, busy: bool) -> pocketflow.Flow:
     return chain([WorkNode(seconds, busy) for _ in range(size)])
 
 
-def _pair(
-    run: Callable[[], None], provider: TracerProvider
-) -> dict[str, Callable[[], float]]:
+def _pair(run: Callable[[], None], provider: TracerProvider) -> dict[str, Callable[[], float]]:
     """Return the uninstrumented and the instrumented case of ``run``."""
 
     def instrumented_case() -> float:
@@ -181,7 +179,11 @@ def _report(
     for mode in ("sleep", "busy-wait"):
         for size in GRAPH_SIZES:
             smallest = _smallest_duration_below_limit(cells, mode, size, durations_ms)
-            value = f"{smallest:g} ms" if smallest is not None else f"none up to {durations_ms[-1]:g} ms"
+            value = (
+                f"{smallest:g} ms"
+                if smallest is not None
+                else f"none up to {durations_ms[-1]:g} ms"
+            )
             findings.append(
                 Finding(NAME, f"smallest node work with overhead < 1%, {mode}, {size} nodes", value)
             )

@@ -145,11 +145,24 @@ def _event_data(name: str, attributes: Mapping[str, Any]) -> dict[str, Any]:
     return data
 
 
+_PHASE_EVENTS = {"prep": ("node_preparing", "preparing"), "exec": ("node_executing", "executing")}
+
+
 def encode_started_span(span: ReadableSpan) -> Event | None:
-    """Return the started event of a workflow, graph or node span, or None for other spans."""
+    """Return the started event of a workflow, graph, node or phase span, or None for others.
+
+    A prep or exec phase span (recorded when phase spans are on) starts the
+    ``node_preparing`` or ``node_executing`` step of its node.
+    """
     fields = _SpanFields(span)
     if fields.kind is None or fields.kind == "batch_item" or span.start_time is None:
         return None
+    if fields.kind == "phase":
+        phase = _PHASE_EVENTS.get(str(fields.attributes.get(attr.PHASE)))
+        if phase is None:
+            return None
+        name, state = phase
+        return fields.event(name, span.start_time, f"{name}:phase", {"state": state})
     name = "workflow_started" if fields.kind == "workflow" else "node_started"
     return fields.event(name, span.start_time, f"{name}:0", _started_data(fields))
 
@@ -163,6 +176,9 @@ def encode_span(span: ReadableSpan, *, include_started: bool = True) -> list[Eve
     if fields.kind is None:
         return []
     events: list[Event] = []
+    if fields.kind == "phase":
+        started = encode_started_span(span) if include_started else None
+        return [started] if started is not None else []
     for position, span_event in enumerate(span.events):
         name = span_event.name
         if name not in attr.EVENT_TYPES:

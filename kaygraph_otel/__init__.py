@@ -41,6 +41,10 @@ variables, which override defaults:
 * ``max_graph_nodes`` / ``KAYGRAPH_OTEL_MAX_GRAPH_NODES`` (500): nodes recorded per structure.
 * ``events`` / ``KAYGRAPH_OTEL_EVENTS`` (all): event names or event types to emit.
 * ``event_signal`` / ``KAYGRAPH_OTEL_EVENT_SIGNAL`` (span): ``span``, ``log`` or ``both``.
+* ``phase_spans`` / ``KAYGRAPH_OTEL_PHASE_SPANS`` (false): prep, exec and post as child spans.
+
+``tracer_provider``, ``meter_provider`` and ``logger_provider`` default to the
+global providers.
 
 ``OTEL_SDK_DISABLED=true`` and ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS``
 (naming ``kaygraph`` or ``pocketflow``) also leave the framework unpatched.
@@ -56,12 +60,13 @@ import os
 from collections.abc import Collection, Iterator
 from typing import Any, ClassVar
 
-from opentelemetry import trace
+from opentelemetry import metrics, trace
 from opentelemetry._logs import get_logger
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 from kaygraph_otel._engine import Engine
 from kaygraph_otel._framework import describe
+from kaygraph_otel._metrics import Metrics
 from kaygraph_otel._runs import RUN_OPTIONS, Emitter, RunOptions
 from kaygraph_otel.config import Settings, resolve_settings
 from kaygraph_otel.package import _instruments_kaygraph, _instruments_pocketflow
@@ -107,6 +112,7 @@ class _WorkflowInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     def _instrument(self, **kwargs: Any) -> None:
         tracer_provider = kwargs.pop("tracer_provider", None)
         logger_provider = kwargs.pop("logger_provider", None)
+        meter_provider = kwargs.pop("meter_provider", None)
         settings = resolve_settings(kwargs)
         self.settings = settings
         if not settings.enabled or _disabled_by_environment(self._framework_name):
@@ -119,7 +125,9 @@ class _WorkflowInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         event_logger = None
         if settings.event_signal != "span":
             event_logger = get_logger(__name__, __version__, logger_provider, schema_url=SCHEMA_URL)
-        engine = Engine(framework, tracer, settings, Emitter(settings, event_logger))
+        meter = metrics.get_meter(__name__, __version__, meter_provider, schema_url=SCHEMA_URL)
+        emitter = Emitter(settings, event_logger)
+        engine = Engine(framework, tracer, settings, emitter, Metrics(meter))
         engine.patch()
         self._engine = engine
 
@@ -165,7 +173,7 @@ def instrument_kaygraph(**options: Any) -> KayGraphInstrumentor:
     """Patch KayGraph so that every graph and node execution is traced.
 
     Args:
-        **options: ``tracer_provider``, ``logger_provider`` and the settings
+        **options: ``tracer_provider``, ``meter_provider``, ``logger_provider`` and the settings
             listed in the module documentation.
 
     Returns:

@@ -10,42 +10,39 @@ to the same instance and then passes straight through: one execution, one span.
 
 from __future__ import annotations
 
-import concurrent.futures
-import contextvars
-import inspect
-import logging
-import threading
+import json
 import time
 from collections.abc import Callable
 from typing import Any
 
-import wrapt
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.instrumentation.utils import unwrap
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.util.types import AttributeValue
 
 from kaygraph_otel import attributes as attr
+from kaygraph_otel._execution import ExecutionWrappers
 from kaygraph_otel._framework import Framework
+from kaygraph_otel._metrics import Metrics
+from kaygraph_otel._patching import (
+    ClassPatcher,
+    Wrapper,
+    acquire_submit_patch,
+    release_submit_patch,
+)
 from kaygraph_otel._runs import (
-    CURRENT_ITEM,
     CURRENT_RUN,
     RUN_OPTIONS,
     Emitter,
-    ItemRun,
     NodeRun,
     Workflow,
+    debug_failure,
     error_attributes,
     record_exception,
 )
 from kaygraph_otel._snapshot import safe_str, snapshot_json
 from kaygraph_otel._structure import node_key, unique_id, user_node_id, walk_graph
 from kaygraph_otel.config import Settings
-
-logger = logging.getLogger(__name__)
-
-Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
 
 WRAPPED_METHODS = (
     "_run",
@@ -60,88 +57,39 @@ WRAPPED_METHODS = (
     "on_error",
     "validate_input",
     "validate_output",
+    "post",
+    "post_async",
 )
 
 _SPAN_NAME_PREFIX = {"workflow": "invoke_workflow", "graph": "graph", "node": "node"}
+MAX_TRANSITIONS_RECORDED = 200
 
 
-def _debug_failure(where: str) -> None:
-    logger.debug(
-        "kaygraph-otel instrumentation failed in %s; the workflow is unaffected",
-        where,
-        exc_info=True,
-    )
-
-
-class Engine:
-    """Patches one framework and turns its executions into spans and events."""
+class Engine(ExecutionWrappers):
+    """Patches one framework and turns its executions into spans, events and metrics."""
 
     def __init__(
-        self, framework: Framework, tracer: Tracer, settings: Settings, emitter: Emitter
+        self,
+        framework: Framework,
+        tracer: Tracer,
+        settings: Settings,
+        emitter: Emitter,
+        metrics: Metrics,
     ) -> None:
         self.framework = framework
         self.tracer = tracer
         self.settings = settings
         self.emitter = emitter
-        self._patched: list[tuple[type, str]] = []
-        self._original_init_subclass: Any = None
-        self._had_init_subclass = False
-        self._lock = threading.Lock()
-
-    # Patching
+        self.metrics = metrics
+        self._patcher = ClassPatcher(framework.base_node, WRAPPED_METHODS, self._wrapper_for)
 
     def patch(self) -> None:
-        base = self.framework.base_node
-        pending = [base]
-        while pending:
-            cls = pending.pop()
-            self.patch_class(cls)
-            pending.extend(cls.__subclasses__())
-        self._hook_subclass_creation(base)
-        _acquire_submit_patch()
+        self._patcher.patch()
+        acquire_submit_patch()
 
     def unpatch(self) -> None:
-        base = self.framework.base_node
-        if self._had_init_subclass:
-            base.__init_subclass__ = self._original_init_subclass  # type: ignore[method-assign]
-        elif "__init_subclass__" in base.__dict__:
-            delattr(base, "__init_subclass__")
-        with self._lock:
-            patched, self._patched = self._patched, []
-        for cls, name in patched:
-            if isinstance(cls.__dict__.get(name), wrapt.FunctionWrapper):
-                unwrap(cls, name)
-        _release_submit_patch()
-
-    def _hook_subclass_creation(self, base: type) -> None:
-        engine = self
-        self._had_init_subclass = "__init_subclass__" in base.__dict__
-        self._original_init_subclass = base.__dict__.get("__init_subclass__")
-        original = self._original_init_subclass
-
-        def init_subclass(cls: type, **kwargs: Any) -> None:
-            if original is not None:
-                original.__get__(None, cls)(**kwargs)
-            else:
-                super(base, cls).__init_subclass__(**kwargs)  # type: ignore[misc]
-            try:
-                engine.patch_class(cls)
-            except Exception:  # noqa: BLE001
-                _debug_failure("patching a new subclass")
-
-        base.__init_subclass__ = classmethod(init_subclass)  # type: ignore[assignment,method-assign]
-
-    def patch_class(self, cls: type) -> None:
-        for name in WRAPPED_METHODS:
-            function = cls.__dict__.get(name)
-            if not inspect.isfunction(function):
-                continue
-            wrapper = self._wrapper_for(cls, name, inspect.iscoroutinefunction(function))
-            if wrapper is None:
-                continue
-            wrapt.wrap_function_wrapper(cls, name, wrapper)
-            with self._lock:
-                self._patched.append((cls, name))
+        self._patcher.unpatch()
+        release_submit_patch()
 
     def _wrapper_for(self, cls: type, name: str, is_async: bool) -> Wrapper | None:
         framework = self.framework
@@ -166,6 +114,8 @@ class Engine:
             return None if is_async else self._on_error
         if name in ("validate_input", "validate_output"):
             return None if is_async else lambda w, i, a, k: self._phase(w, i, a, k, name)
+        if name in ("post", "post_async") and self.settings.phase_spans:
+            return self._post_async if is_async else self._post
         return None
 
     # Node and graph runs
@@ -216,7 +166,7 @@ class Engine:
         try:
             return self._start_run(instance, parent)
         except Exception:  # noqa: BLE001
-            _debug_failure("starting a span")
+            debug_failure("starting a span")
             return None
 
     def _start_run(self, instance: Any, parent: NodeRun | None) -> NodeRun:
@@ -269,6 +219,9 @@ class Engine:
             workflow.correlation_id = trace.format_trace_id(span.get_span_context().trace_id)
             span.set_attribute(attr.CORRELATION_ID, workflow.correlation_id)
         run.is_batch = isinstance(instance, framework.batch_nodes)
+        run.started_ns = time.perf_counter_ns()
+        run.metric_attributes = self.metrics.node_attributes(node_type, kind, framework.name)
+        self.metrics.active.add(1, run.metric_attributes)
         run.context_token = otel_context.attach(trace.set_span_in_context(span))
         run.run_token = CURRENT_RUN.set(run)
         if run.recording:
@@ -333,22 +286,44 @@ class Engine:
 
     def _end(self, run: NodeRun, result: Any) -> None:
         try:
+            next_id = self._record_transition(run, result)
             if run.recording:
-                self._record_outcome(run, result)
+                self._record_outcome(run, result, next_id)
             run.span.end()
+            handled = run.handled_error
+            seconds = (time.perf_counter_ns() - run.started_ns) / 1e9
+            outcome = "handled" if handled is not None else "completed"
+            self.metrics.record_end(run.metric_attributes, seconds, outcome, handled)
         except Exception:  # noqa: BLE001
-            _debug_failure("ending a span")
+            debug_failure("ending a span")
         finally:
             self._restore_context(run)
 
-    def _record_outcome(self, run: NodeRun, result: Any) -> None:
+    def _record_transition(self, run: NodeRun, result: Any) -> str | None:
+        if run.kind == "workflow":
+            return None
+        action = result if isinstance(result, str) else None
+        next_id = self._next_node_id(run, action)
+        if next_id is not None:
+            label = action or "default"
+            run.workflow.count_transition(run.node_id, label, next_id)
+            self.metrics.transitions.add(
+                1,
+                {
+                    attr.WORKFLOW_NAME: run.workflow.name,
+                    attr.TRANSITION_FROM: run.node_id,
+                    attr.TRANSITION_ACTION: label,
+                    attr.TRANSITION_TO: next_id,
+                },
+            )
+        return next_id
+
+    def _record_outcome(self, run: NodeRun, result: Any, next_id: str | None) -> None:
         span = run.span
         self._record_counts(run)
         if run.kind != "workflow":
-            action = result if isinstance(result, str) else None
-            if action is not None:
-                span.set_attribute(attr.ACTION, action)
-            next_id = self._next_node_id(run, action)
+            if isinstance(result, str):
+                span.set_attribute(attr.ACTION, result)
             if next_id is not None:
                 span.set_attribute(attr.NEXT_NODE_ID, next_id)
         if run.handled_error is not None:
@@ -372,6 +347,16 @@ class Engine:
         completed = "workflow_completed" if run.kind == "workflow" else "node_completed"
         self.emitter.emit(span, completed, {attr.EVENT_STATE: "completed"})
 
+    @staticmethod
+    def _transitions_json(workflow: Workflow) -> str:
+        with workflow.lock:
+            counted = sorted(workflow.transitions.items(), key=lambda item: -item[1])
+        entries = [
+            {"from": source, "action": action, "to": target, "count": count}
+            for (source, action, target), count in counted[:MAX_TRANSITIONS_RECORDED]
+        ]
+        return json.dumps(entries, ensure_ascii=False, separators=(",", ":"))
+
     def _next_node_id(self, run: NodeRun, action: str | None) -> str | None:
         successors = getattr(run.instance, "successors", None)
         if not isinstance(successors, dict) or not successors:
@@ -383,6 +368,10 @@ class Engine:
 
     def _record_counts(self, run: NodeRun) -> None:
         span = run.span
+        if run.events_dropped:
+            span.set_attribute(attr.EVENTS_DROPPED, run.events_dropped)
+        if run.kind == "workflow" and run.workflow.transitions:
+            span.set_attribute(attr.TRANSITIONS, self._transitions_json(run.workflow))
         if run.retries:
             span.set_attribute(attr.RETRY_COUNT, run.retries)
         if run.fallbacks:
@@ -414,8 +403,10 @@ class Engine:
                     event[attr.EVENT_ATTEMPT] = run.attempts
                 self.emitter.emit(span, failed, event)
             run.span.end()
+            seconds = (time.perf_counter_ns() - run.started_ns) / 1e9
+            self.metrics.record_end(run.metric_attributes, seconds, "failed", exc)
         except Exception:  # noqa: BLE001
-            _debug_failure("recording a failure")
+            debug_failure("recording a failure")
         finally:
             self._restore_context(run)
 
@@ -446,8 +437,12 @@ class Engine:
         self._enter_prep(run)
         try:
             result = wrapped(*args, **kwargs)
-        finally:
+        except BaseException as exc:
             run.in_prep = False
+            self.end_phase_span(run, exc)
+            raise
+        run.in_prep = False
+        self.end_phase_span(run, None)
         self._leave_prep(run, result)
         return result
 
@@ -464,8 +459,12 @@ class Engine:
         self._enter_prep(run)
         try:
             result = await wrapped(*args, **kwargs)
-        finally:
+        except BaseException as exc:
             run.in_prep = False
+            self.end_phase_span(run, exc)
+            raise
+        run.in_prep = False
+        self.end_phase_span(run, None)
         self._leave_prep(run, result)
         return result
 
@@ -474,9 +473,85 @@ class Engine:
         run.phase = "prep"
         if run.recording:
             try:
-                self.emitter.emit(run.span, "node_preparing", {attr.EVENT_STATE: "preparing"})
+                if self.settings.phase_spans:
+                    self.start_phase_span(run, "prep")
+                else:
+                    self.emitter.emit(run.span, "node_preparing", {attr.EVENT_STATE: "preparing"})
             except Exception:  # noqa: BLE001
-                _debug_failure("prep")
+                debug_failure("prep")
+
+    def start_phase_span(self, run: NodeRun, phase: str) -> None:
+        """Open a child span for one lifecycle step and make it current until ``end_phase_span``."""
+        span = self.tracer.start_span(
+            f"{phase} {run.node_type}",
+            context=trace.set_span_in_context(run.span),
+            attributes={
+                attr.NODE_ID: run.node_id,
+                attr.NODE_TYPE: run.node_type,
+                attr.NODE_KIND: "phase",
+                attr.PHASE: phase,
+                attr.WORKFLOW_ID: run.workflow.workflow_id,
+                attr.CORRELATION_ID: run.workflow.correlation_id or "",
+                attr.FRAMEWORK: self.framework.name,
+                attr.PARENT_NODE_ID: run.node_id,
+            },
+        )
+        run.phase_span = span
+        run.phase_token = otel_context.attach(trace.set_span_in_context(span))
+
+    def end_phase_span(self, run: NodeRun, error: BaseException | None) -> None:
+        span, run.phase_span = run.phase_span, None
+        if span is None:
+            return
+        try:
+            if error is not None:
+                record_exception(span, error)
+                span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}"))
+            span.end()
+        finally:
+            if run.phase_token is not None:
+                otel_context.detach(run.phase_token)  # type: ignore[arg-type]
+                run.phase_token = None
+
+    def _post(
+        self,
+        wrapped: Callable[..., Any],
+        instance: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        run = CURRENT_RUN.get()
+        if run is None or run.instance is not instance or run.phase_span is not None:
+            return wrapped(*args, **kwargs)
+        if run.recording:
+            self.start_phase_span(run, "post")
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            self.end_phase_span(run, exc)
+            raise
+        self.end_phase_span(run, None)
+        return result
+
+    async def _post_async(
+        self,
+        wrapped: Callable[..., Any],
+        instance: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        run = CURRENT_RUN.get()
+        if run is None or run.instance is not instance or run.phase_span is not None:
+            return await wrapped(*args, **kwargs)
+        if run.recording:
+            self.start_phase_span(run, "post")
+        try:
+            result = await wrapped(*args, **kwargs)
+        except BaseException as exc:
+            self.end_phase_span(run, exc)
+            raise
+        self.end_phase_span(run, None)
+        return result
 
     def _leave_prep(self, run: NodeRun, result: Any) -> None:
         # A graph runs its nodes in _orch after prep, so a failure there is an _orch failure.
@@ -502,400 +577,4 @@ class Engine:
                 attributes[attr.EVENT_SCRUBBED] = scrubbed[:50]
             self.emitter.emit(span, event, attributes)
         except Exception:  # noqa: BLE001
-            _debug_failure("taking a snapshot")
-
-    def _phase(
-        self,
-        wrapped: Callable[..., Any],
-        instance: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        name: str,
-    ) -> Any:
-        run = CURRENT_RUN.get()
-        if run is None or run.instance is not instance:
-            return wrapped(*args, **kwargs)
-        previous, run.phase = run.phase, name
-        result = wrapped(*args, **kwargs)
-        run.phase = previous
-        return result
-
-    # Execution, batches and attempts
-
-    def _exec(
-        self,
-        wrapped: Callable[..., Any],
-        instance: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        item_loop: bool,
-    ) -> Any:
-        run = CURRENT_RUN.get()
-        if run is None or run.instance is not instance:
-            return wrapped(*args, **kwargs)
-        if not run.in_exec:
-            self._enter_exec(run, args)
-            try:
-                result = wrapped(*args, **kwargs)
-            finally:
-                run.in_exec = False
-            self._leave_exec(run, result)
-            return result
-        if not (item_loop and run.is_batch):
-            return wrapped(*args, **kwargs)
-        item = self._start_item(run)
-        token = CURRENT_ITEM.set(item)
-        context_token = (
-            otel_context.attach(trace.set_span_in_context(item.span)) if item.span else None
-        )
-        try:
-            result = wrapped(*args, **kwargs)
-        except BaseException as exc:
-            self._end_item(item, exc)
-            raise
-        finally:
-            CURRENT_ITEM.reset(token)
-            if context_token is not None:
-                otel_context.detach(context_token)
-        self._end_item(item, None)
-        return result
-
-    async def _exec_async(
-        self,
-        wrapped: Callable[..., Any],
-        instance: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        item_loop: bool,
-    ) -> Any:
-        run = CURRENT_RUN.get()
-        if run is None or run.instance is not instance:
-            return await wrapped(*args, **kwargs)
-        if not run.in_exec:
-            self._enter_exec(run, args)
-            try:
-                result = await wrapped(*args, **kwargs)
-            finally:
-                run.in_exec = False
-            self._leave_exec(run, result)
-            return result
-        if not (item_loop and run.is_batch):
-            return await wrapped(*args, **kwargs)
-        item = self._start_item(run)
-        token = CURRENT_ITEM.set(item)
-        context_token = (
-            otel_context.attach(trace.set_span_in_context(item.span)) if item.span else None
-        )
-        try:
-            result = await wrapped(*args, **kwargs)
-        except BaseException as exc:
-            self._end_item(item, exc)
-            raise
-        finally:
-            CURRENT_ITEM.reset(token)
-            if context_token is not None:
-                otel_context.detach(context_token)
-        self._end_item(item, None)
-        return result
-
-    def _enter_exec(self, run: NodeRun, args: tuple[Any, ...]) -> None:
-        run.in_exec = True
-        run.phase = "exec"
-        if not run.recording:
-            return
-        try:
-            run.exec_started_ns = time.perf_counter_ns()
-            self.emitter.emit(run.span, "node_executing", {attr.EVENT_STATE: "executing"})
-            if run.is_batch and args:
-                items = args[0]
-                run.batch_size = len(items) if hasattr(items, "__len__") else None
-                if run.batch_size is not None:
-                    run.span.set_attribute(attr.BATCH_SIZE, run.batch_size)
-                    self.emitter.emit(
-                        run.span,
-                        "queue_depth",
-                        {
-                            attr.EVENT_STATE: "executing",
-                            attr.EVENT_METRIC_PREFIX + "queue_depth": run.batch_size,
-                        },
-                    )
-        except Exception:  # noqa: BLE001
-            _debug_failure("exec")
-
-    def _leave_exec(self, run: NodeRun, result: Any) -> None:
-        run.phase = "post"
-        if not run.recording:
-            return
-        if self.settings.capture_snapshots:
-            self._emit_snapshot(
-                run.span, "data_output", attr.EVENT_OUTPUT_SNAPSHOT, "executing", result
-            )
-        if run.is_batch:
-            try:
-                elapsed = (time.perf_counter_ns() - run.exec_started_ns) / 1e9
-                done = run.items_succeeded
-                self.emitter.emit(
-                    run.span,
-                    "throughput_metric",
-                    {
-                        attr.EVENT_STATE: "executing",
-                        attr.EVENT_METRIC_PREFIX + "items": done,
-                        attr.EVENT_METRIC_PREFIX + "items_per_second": done / elapsed
-                        if elapsed > 0
-                        else 0.0,
-                    },
-                )
-            except Exception:  # noqa: BLE001
-                _debug_failure("batch throughput")
-
-    def _start_item(self, run: NodeRun) -> ItemRun:
-        # NOTE: the index counts items as they start. In a thread pool that order can
-        # differ from the items' positions in the list that prep returned.
-        index = next(run.item_counter)
-        span = None
-        try:
-            if run.recording and index < self.settings.max_item_spans:
-                span = self.tracer.start_span(
-                    f"item {run.node_type}",
-                    context=trace.set_span_in_context(run.span),
-                    attributes={
-                        attr.NODE_ID: run.node_id,
-                        attr.NODE_TYPE: run.node_type,
-                        attr.NODE_KIND: "batch_item",
-                        attr.WORKFLOW_ID: run.workflow.workflow_id,
-                        attr.CORRELATION_ID: run.workflow.correlation_id or "",
-                        attr.FRAMEWORK: self.framework.name,
-                        attr.BATCH_ITEM_INDEX: index,
-                        attr.PARENT_NODE_ID: run.node_id,
-                    },
-                )
-            elif run.recording:
-                with run.lock:
-                    run.item_spans_dropped += 1
-        except Exception:  # noqa: BLE001
-            _debug_failure("starting an item span")
-        return ItemRun(run, index, span)
-
-    def _end_item(self, item: ItemRun, exc: BaseException | None) -> None:
-        run = item.run
-        with run.lock:
-            if exc is None:
-                run.items_succeeded += 1
-            else:
-                run.items_failed += 1
-        span = item.span
-        if span is None:
-            return
-        try:
-            if exc is None:
-                self.emitter.emit(span, "node_completed", {attr.EVENT_STATE: "completed"})
-            else:
-                record_exception(span, exc)
-                span.set_status(
-                    Status(StatusCode.ERROR, f"{type(exc).__name__}: {safe_str(exc, 200)}")
-                )
-                self.emitter.emit(
-                    span,
-                    "node_failed",
-                    {
-                        attr.EVENT_STATE: "failed",
-                        attr.ERROR_PHASE: "exec",
-                        attr.EVENT_ATTEMPT: max(item.attempts, 1),
-                        **error_attributes(exc),
-                    },
-                )
-            if item.attempts > 1:
-                span.set_attribute(attr.RETRY_COUNT, item.attempts - 1)
-            span.end()
-        except Exception:  # noqa: BLE001
-            _debug_failure("ending an item span")
-
-    def _attempt_scope(self, instance: Any) -> tuple[NodeRun, NodeRun | ItemRun] | None:
-        run = CURRENT_RUN.get()
-        if run is None or run.instance is not instance:
-            return None
-        item = CURRENT_ITEM.get()
-        scope: NodeRun | ItemRun = item if item is not None and item.run is run else run
-        if scope.in_attempt:
-            return None
-        return run, scope
-
-    def _attempt(
-        self,
-        wrapped: Callable[..., Any],
-        instance: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Any:
-        found = self._attempt_scope(instance)
-        if found is None:
-            return wrapped(*args, **kwargs)
-        run, scope = found
-        scope.attempts += 1
-        scope.in_attempt = True
-        try:
-            return wrapped(*args, **kwargs)
-        except Exception as exc:
-            self._attempt_failed(run, scope, exc)
-            raise
-        finally:
-            scope.in_attempt = False
-
-    async def _attempt_async(
-        self,
-        wrapped: Callable[..., Any],
-        instance: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Any:
-        found = self._attempt_scope(instance)
-        if found is None:
-            return await wrapped(*args, **kwargs)
-        run, scope = found
-        scope.attempts += 1
-        scope.in_attempt = True
-        try:
-            return await wrapped(*args, **kwargs)
-        except Exception as exc:
-            self._attempt_failed(run, scope, exc)
-            raise
-        finally:
-            scope.in_attempt = False
-
-    def _attempt_failed(self, run: NodeRun, scope: NodeRun | ItemRun, exc: Exception) -> None:
-        try:
-            max_attempts = getattr(run.instance, "max_retries", 1)
-            if type(max_attempts) is not int or scope.attempts >= max_attempts:
-                return
-            with run.lock:
-                run.retries += 1
-            span = scope.span
-            if span is None or not run.recording:
-                return
-            event: dict[str, AttributeValue] = {
-                attr.EVENT_STATE: "retrying",
-                attr.EVENT_ATTEMPT: scope.attempts,
-                attr.EVENT_MAX_ATTEMPTS: max_attempts,
-                **error_attributes(exc),
-            }
-            if isinstance(scope, ItemRun):
-                event[attr.BATCH_ITEM_INDEX] = scope.index
-            self.emitter.emit(span, "retry_attempted", event)
-        except Exception:  # noqa: BLE001
-            _debug_failure("recording a retry")
-
-    def _fallback(
-        self,
-        wrapped: Callable[..., Any],
-        instance: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Any:
-        found = self._fallback_scope(instance)
-        if found is None:
-            return wrapped(*args, **kwargs)
-        self._record_fallback(*found, args, kwargs)
-        try:
-            return wrapped(*args, **kwargs)
-        finally:
-            found[1].in_fallback = False
-
-    async def _fallback_async(
-        self,
-        wrapped: Callable[..., Any],
-        instance: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Any:
-        found = self._fallback_scope(instance)
-        if found is None:
-            return await wrapped(*args, **kwargs)
-        self._record_fallback(*found, args, kwargs)
-        try:
-            return await wrapped(*args, **kwargs)
-        finally:
-            found[1].in_fallback = False
-
-    def _fallback_scope(self, instance: Any) -> tuple[NodeRun, NodeRun | ItemRun] | None:
-        run = CURRENT_RUN.get()
-        if run is None or run.instance is not instance:
-            return None
-        item = CURRENT_ITEM.get()
-        scope: NodeRun | ItemRun = item if item is not None and item.run is run else run
-        if scope.in_fallback:
-            return None
-        scope.in_fallback = True
-        return run, scope
-
-    def _record_fallback(
-        self, run: NodeRun, scope: NodeRun | ItemRun, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> None:
-        try:
-            with run.lock:
-                run.fallbacks += 1
-            span = scope.span
-            if span is None or not run.recording:
-                return
-            error = args[1] if len(args) > 1 else kwargs.get("exc")
-            event: dict[str, AttributeValue] = {
-                attr.EVENT_STATE: "executing",
-                attr.EVENT_ATTEMPT: max(scope.attempts, 1),
-            }
-            if isinstance(error, BaseException):
-                event.update(error_attributes(error))
-            if isinstance(scope, ItemRun):
-                event[attr.BATCH_ITEM_INDEX] = scope.index
-            self.emitter.emit(span, "fallback_triggered", event)
-        except Exception:  # noqa: BLE001
-            _debug_failure("recording a fallback")
-
-    def _on_error(
-        self,
-        wrapped: Callable[..., Any],
-        instance: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Any:
-        result = wrapped(*args, **kwargs)
-        run = CURRENT_RUN.get()
-        if result and run is not None and run.instance is instance and run.handled_error is None:
-            error = args[1] if len(args) > 1 else kwargs.get("error")
-            if isinstance(error, BaseException):
-                run.handled_error = error
-        return result
-
-
-# Context propagation into thread pools, shared by every engine.
-
-_submit_lock = threading.Lock()
-_submit_users = 0
-
-
-def _submit_with_context(
-    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
-    # Worker threads do not inherit contextvars, so a span that is current in
-    # a node would not be current in the items that the node hands to a pool.
-    # Only submissions made while a node runs are changed.
-    if CURRENT_RUN.get() is None or not args:
-        return wrapped(*args, **kwargs)
-    context = contextvars.copy_context()
-    return wrapped(context.run, *args, **kwargs)
-
-
-def _acquire_submit_patch() -> None:
-    global _submit_users
-    with _submit_lock:
-        if _submit_users == 0:
-            wrapt.wrap_function_wrapper(
-                concurrent.futures.ThreadPoolExecutor, "submit", _submit_with_context
-            )
-        _submit_users += 1
-
-
-def _release_submit_patch() -> None:
-    global _submit_users
-    with _submit_lock:
-        _submit_users -= 1
-        if _submit_users == 0:
-            unwrap(concurrent.futures.ThreadPoolExecutor, "submit")
+            debug_failure("taking a snapshot")

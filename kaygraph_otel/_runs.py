@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import itertools
+import logging
 import threading
 import traceback
 from dataclasses import dataclass
@@ -17,6 +18,17 @@ from opentelemetry.util.types import AttributeValue
 from kaygraph_otel import attributes as attr
 from kaygraph_otel._snapshot import safe_str
 from kaygraph_otel.config import Settings
+
+logger = logging.getLogger("kaygraph_otel")
+
+
+def debug_failure(where: str) -> None:
+    """Log a failure of the instrumentation itself at debug level; the workflow goes on."""
+    logger.debug(
+        "kaygraph-otel instrumentation failed in %s; the workflow is unaffected",
+        where,
+        exc_info=True,
+    )
 
 
 @dataclass(frozen=True)
@@ -35,7 +47,7 @@ RUN_OPTIONS: contextvars.ContextVar[RunOptions | None] = contextvars.ContextVar(
 class Workflow:
     """One top-level workflow run (or one standalone node run): identity shared by its spans."""
 
-    __slots__ = ("ids", "workflow_id", "name", "correlation_id")
+    __slots__ = ("ids", "workflow_id", "name", "correlation_id", "transitions", "lock")
 
     def __init__(
         self, ids: dict[int, str], workflow_id: str, name: str, correlation_id: str | None
@@ -44,6 +56,13 @@ class Workflow:
         self.workflow_id = workflow_id
         self.name = name
         self.correlation_id = correlation_id
+        self.transitions: dict[tuple[str, str, str], int] = {}
+        self.lock = threading.Lock()
+
+    def count_transition(self, source: str, action: str, target: str) -> None:
+        key = (source, action, target)
+        with self.lock:
+            self.transitions[key] = self.transitions.get(key, 0) + 1
 
 
 class NodeRun:
@@ -76,6 +95,12 @@ class NodeRun:
         "context_token",
         "run_token",
         "exec_started_ns",
+        "started_ns",
+        "metric_attributes",
+        "phase_span",
+        "phase_token",
+        "repeated_events",
+        "events_dropped",
     )
 
     def __init__(
@@ -107,6 +132,22 @@ class NodeRun:
         self.context_token: object = None
         self.run_token: contextvars.Token[NodeRun | None] | None = None
         self.exec_started_ns = 0
+        self.started_ns = 0
+        self.metric_attributes: Any = None
+        self.phase_span: Span | None = None
+        self.phase_token: object = None
+        self.repeated_events: dict[str, int] = {}
+        self.events_dropped = 0
+
+    def claim_event(self, name: str, limit: int) -> bool:
+        """Count one more event called ``name``; False once ``limit`` were already added."""
+        with self.lock:
+            count = self.repeated_events.get(name, 0)
+            if count >= limit:
+                self.events_dropped += 1
+                return False
+            self.repeated_events[name] = count + 1
+            return True
 
 
 class ItemRun:

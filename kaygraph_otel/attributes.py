@@ -11,7 +11,8 @@ from __future__ import annotations
 # Identity, on every workflow and node span (set at span start).
 NODE_ID = "kaygraph.node_id"
 NODE_TYPE = "kaygraph.node_type"
-NODE_KIND = "kaygraph.node_kind"  # "workflow", "graph", "node" or "batch_item"
+NODE_KIND = "kaygraph.node_kind"  # "workflow", "graph", "node", "batch_item" or "phase"
+PHASE = "kaygraph.phase"  # on phase spans: "prep", "exec" or "post"
 WORKFLOW_ID = "kaygraph.workflow_id"
 WORKFLOW_NAME = "kaygraph.workflow_name"
 CORRELATION_ID = "kaygraph.correlation_id"
@@ -33,6 +34,9 @@ BATCH_SUCCEEDED = "kaygraph.batch.succeeded"
 BATCH_FAILED = "kaygraph.batch.failed"
 BATCH_SPANS_DROPPED = "kaygraph.batch.item_spans_dropped"
 GRAPH_STRUCTURE = "kaygraph.graph.structure"  # JSON of {"nodes": [...], "edges": [...]}
+TRANSITIONS = "kaygraph.transitions"  # JSON list of {"from", "action", "to", "count"}
+EVENTS_DROPPED = "kaygraph.events_dropped"  # repeated events left out to stay under the span limit
+PENDING = "kaygraph.pending"  # on the copy of a just-started span that the live path exports
 
 # OpenTelemetry GenAI semantic conventions, on workflow spans.
 GEN_AI_OPERATION_NAME = "gen_ai.operation.name"
@@ -55,8 +59,14 @@ EVENT_MAX_ATTEMPTS = "kaygraph.retry.max_attempts"
 EVENT_INPUT_SNAPSHOT = "kaygraph.input_snapshot"  # JSON text
 EVENT_OUTPUT_SNAPSHOT = "kaygraph.output_snapshot"  # JSON text
 EVENT_SCRUBBED = "kaygraph.snapshot.scrubbed"  # JSON paths that were replaced
-EVENT_FROM_NODE_ID = "kaygraph.transition.from_node_id"
 EVENT_METRIC_PREFIX = "kaygraph.metric."  # followed by the metric name, a number
+
+# Metric attributes.
+OUTCOME = "kaygraph.outcome"  # "completed", "failed" or "handled"
+ERROR_TYPE = "error.type"
+TRANSITION_FROM = "kaygraph.transition.from"
+TRANSITION_ACTION = "kaygraph.transition.action"
+TRANSITION_TO = "kaygraph.transition.to"
 
 # Schema event names, grouped by the schema's event_type.
 LIFECYCLE_EVENTS = (

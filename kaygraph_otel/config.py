@@ -31,6 +31,8 @@ class Settings:
         events: the schema event names to emit; an empty set emits all of them.
         event_signal: "span" records schema events as span events, "log" as log
             records, "both" as both.
+        phase_spans: record prep, exec and post as child spans of the node span
+            in place of the ``node_preparing`` and ``node_executing`` events.
     """
 
     enabled: bool = True
@@ -42,6 +44,7 @@ class Settings:
     max_graph_nodes: int = 500
     events: frozenset[str] = field(default_factory=frozenset)
     event_signal: str = "span"
+    phase_spans: bool = False
 
     def emits(self, event_name: str) -> bool:
         return not self.events or event_name in self.events
@@ -52,7 +55,7 @@ _BOUNDS: dict[str, tuple[int, int]] = {
     "max_item_spans": (0, 1_000_000),
     "max_graph_nodes": (1, 100_000),
 }
-_BOOLEANS = ("enabled", "capture_snapshots", "scrub_snapshots")
+_BOOLEANS = ("enabled", "capture_snapshots", "scrub_snapshots", "phase_spans")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
