@@ -139,13 +139,13 @@ def capture_spans(flow: pocketflow.Flow, instrument: bool) -> list[ReadableSpan]
         with instrumented(provider):
             flow.run({})
     else:
-        _set_tracer(flow, provider.get_tracer("benchmarks.floor"))
+        set_tracer(flow, provider.get_tracer("benchmarks.floor"))
         flow.run({})
     provider.shutdown()
     return list(exporter.get_finished_spans())
 
 
-def _set_tracer(flow: pocketflow.Flow, tracer: Tracer) -> None:
+def set_tracer(flow: pocketflow.Flow, tracer: Tracer) -> None:
     flow.tracer = tracer
     node = flow.start_node
     while node is not None:
@@ -153,22 +153,26 @@ def _set_tracer(flow: pocketflow.Flow, tracer: Tracer) -> None:
         node = node.successors.get("default")
 
 
-def hand_traced_flow(count: int) -> HandTracedFlow:
-    """Build a floor flow whose spans copy the shape of an instrumented run's spans.
+def hand_traced_flow(
+    nodes: Sequence[HandTracedNode], reference_flow: pocketflow.Flow
+) -> HandTracedFlow:
+    """Chain ``nodes`` into a floor flow whose spans copy an instrumented run's spans.
+
+    ``reference_flow`` runs once instrumented, and must be a chain of as many nodes
+    as ``nodes``; the floor copies the names and attributes of its spans.
 
     Raises:
         RuntimeError: the floor's spans differ from the instrumented spans in name,
             attribute keys or event names, so the comparison would be unfair.
     """
-    reference = capture_spans(noop_flow(count), instrument=True)
+    reference = capture_spans(reference_flow, instrument=True)
     workflow_span, node_spans = reference[-1], reference[:-1]
-    if len(node_spans) != count:
+    if len(node_spans) != len(nodes):
         raise RuntimeError(
-            f"expected {count} node spans from the instrumentation, got {len(node_spans)}"
+            f"expected {len(nodes)} node spans from the instrumentation, got {len(node_spans)}"
         )
 
     state = _RunState()
-    nodes = [HandTracedNode() for _ in range(count)]
     for node, span in zip(nodes, node_spans, strict=True):
         node.span_name = span.name
         node.start_attributes = _start_attributes(span)
@@ -248,7 +252,7 @@ def _floor_case(
     body = _flushing(run, provider) if flush else run
 
     def case() -> float:
-        _set_tracer(flow, tracer)
+        set_tracer(flow, tracer)
         return timed(body)
 
     return case
@@ -257,7 +261,7 @@ def _floor_case(
 def run(options: Options) -> Result:
     runs, rounds = (3, 3) if options.quick else (10, 31)
     plain = noop_flow(NODES)
-    floor = hand_traced_flow(NODES)
+    floor = hand_traced_flow([HandTracedNode() for _ in range(NODES)], noop_flow(NODES))
     sdk = sdk_provider()
 
     with RedisServer() as server:
@@ -367,7 +371,7 @@ def profile_cases(
     provider = sdk_provider()
     with instrumented(provider):
         instrumented_profile = profile_call(_runner(plain, runs))
-    _set_tracer(floor, provider.get_tracer("benchmarks.floor"))
+    set_tracer(floor, provider.get_tracer("benchmarks.floor"))
     floor_profile = profile_call(_runner(floor, runs))
     provider.shutdown()
     if instrumented_profile is None or floor_profile is None:

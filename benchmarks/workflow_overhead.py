@@ -1,7 +1,11 @@
 """Workflow overhead: the demo pipeline and linear graphs whose nodes do real work.
 
 Every case runs uninstrumented and instrumented with the live Redis exporter
-(``configure(redis_url=...)``), interleaved. Only the workflow runs are timed:
+(``configure(redis_url=...)``), interleaved. The linear graphs also run a
+floor: the same nodes with hand-made spans of the same shape (see
+``benchmarks.per_node``) through the same exporter, which shows how much of
+the overhead any OpenTelemetry SDK span pays under the same conditions.
+Only the workflow runs are timed:
 the exporter works in its background thread, as it would in production, and
 ``force_flush`` runs after each timed repetition so that no backlog spills
 into the next one. A repetition runs the graph back to back for at least a
@@ -36,14 +40,19 @@ from benchmarks._common import (
     interleaved,
     median,
     redis_provider,
+    round_ratios,
     timed,
 )
+from benchmarks.per_node import HandTracedNode, hand_traced_flow
 from kaygraph_otel_dashboard.demo import run_once
 from kaygraph_otel_dashboard.demo_pipeline import Pipeline, build_pipeline
 
 NAME = "workflow_overhead"
 DEMO_FILES = 200
 GRAPH_SIZES = (4, 50)
+BASE = "uninstrumented"
+LIVE = "instrumented, Redis live"
+FLOOR = "floor: hand-made spans, Redis live"
 OVERHEAD_LIMIT_PERCENT = 1.0
 
 
@@ -68,12 +77,31 @@ class WorkNode(pocketflow.Node):  # type: ignore[misc]
             time.sleep(self.seconds)
 
 
+class HandTracedWorkNode(HandTracedNode, WorkNode):
+    """A ``WorkNode`` whose ``_run`` makes its span by hand, for the floor case."""
+
+
 def work_flow(size: int, seconds: float, busy: bool) -> pocketflow.Flow:
     return chain([WorkNode(seconds, busy) for _ in range(size)])
 
 
-def _pair(run: Callable[[], None], provider: TracerProvider) -> dict[str, Callable[[], float]]:
-    """Return the uninstrumented and the instrumented case of ``run``."""
+def floor_work_flow(size: int, seconds: float, busy: bool) -> pocketflow.Flow:
+    nodes = [HandTracedWorkNode(seconds, busy) for _ in range(size)]
+    return hand_traced_flow(nodes, work_flow(size, seconds, busy))
+
+
+def _repeat(flow: pocketflow.Flow, runs: int) -> Callable[[], None]:
+    def run() -> None:
+        for _ in range(runs):
+            flow.run({})
+
+    return run
+
+
+def _cases(
+    run: Callable[[], None], provider: TracerProvider, floor_run: Callable[[], None] | None
+) -> dict[str, Callable[[], float]]:
+    """Return the uninstrumented, instrumented and (when given) floor cases."""
 
     def instrumented_case() -> float:
         with instrumented(provider):
@@ -81,24 +109,31 @@ def _pair(run: Callable[[], None], provider: TracerProvider) -> dict[str, Callab
         provider.force_flush(30_000)
         return elapsed
 
-    return {"uninstrumented": lambda: timed(run), "Redis live": instrumented_case}
+    cases = {BASE: lambda: timed(run), LIVE: instrumented_case}
+    if floor_run is not None:
+
+        def floor_case() -> float:
+            elapsed = timed(floor_run)
+            provider.force_flush(30_000)
+            return elapsed
+
+        cases[FLOOR] = floor_case
+    return cases
 
 
-def _overhead(samples: dict[str, list[float]]) -> tuple[float, float, float]:
-    """Return the median seconds of both cases and the overhead in percent."""
-    base = median(samples["uninstrumented"])
-    live = median(samples["Redis live"])
-    return base, live, (live - base) / base * 100
+def _overhead(samples: dict[str, list[float]], case: str) -> float:
+    """Return the overhead of ``case`` in percent: the median of per-round ratios, minus 1."""
+    return (median(round_ratios(samples[case], samples[BASE])) - 1) * 100
 
 
-def measure_demo(provider: TracerProvider, reps: int, files: int) -> tuple[float, float, float]:
+def measure_demo(provider: TracerProvider, reps: int, files: int) -> dict[str, list[float]]:
     pipeline: Pipeline = build_pipeline("pocketflow", pocketflow)
     with tempfile.TemporaryDirectory(prefix="kaygraph-bench-reports-") as report_dir:
 
         def run() -> None:
             run_once(pipeline, 0, files, Path(report_dir))
 
-        return _overhead(interleaved(_pair(run, provider), reps))
+        return interleaved(_cases(run, provider, None), reps)
 
 
 def _plan(size: int, seconds: float, quick: bool) -> tuple[int, int, int]:
@@ -107,16 +142,19 @@ def _plan(size: int, seconds: float, quick: bool) -> tuple[int, int, int]:
     Cells whose single run takes seconds get fewer repetitions and no warm-up,
     which keeps the full benchmark near three minutes.
     """
-    min_rep_seconds = 0.05 if quick else 0.3
+    min_rep_seconds = 0.05 if quick else 0.25
     one_run = size * seconds
     runs = max(1, math.ceil(min_rep_seconds / one_run))
     if quick:
         return runs, 2, 1
     if one_run >= 2:
-        return runs, 3, 0
+        return runs, 2, 0
     if one_run >= 0.3:
         return runs, 5, 1
     return runs, 7, 1
+
+
+Cell = tuple[str, int, float]
 
 
 def run(options: Options) -> Result:
@@ -124,85 +162,94 @@ def run(options: Options) -> Result:
     demo_files = 40 if options.quick else DEMO_FILES
     demo_reps = 2 if options.quick else 7
 
+    cells: dict[Cell, tuple[int, int, dict[str, list[float]]]] = {}
     with RedisServer() as server:
         provider = redis_provider(server.url)
         demo = measure_demo(provider, demo_reps, demo_files)
-        cells: dict[tuple[str, int, float], tuple[int, int, float, float, float]] = {}
         for mode in ("sleep", "busy-wait"):
+            busy = mode == "busy-wait"
             for size in GRAPH_SIZES:
                 for duration_ms in durations_ms:
-                    runs, reps, warmup = _plan(size, duration_ms / 1000, options.quick)
-                    flow = work_flow(size, duration_ms / 1000, busy=mode == "busy-wait")
-
-                    def run_graph(flow: pocketflow.Flow = flow, runs: int = runs) -> None:
-                        for _ in range(runs):
-                            flow.run({})
-
-                    samples = interleaved(_pair(run_graph, provider), reps, warmup=warmup)
-                    base, live, percent = _overhead(samples)
-                    cells[(mode, size, duration_ms)] = (runs, reps, base, live, percent)
+                    seconds = duration_ms / 1000
+                    runs, reps, warmup = _plan(size, seconds, options.quick)
+                    plain = _repeat(work_flow(size, seconds, busy), runs)
+                    floor = _repeat(floor_work_flow(size, seconds, busy), runs)
+                    samples = interleaved(_cases(plain, provider, floor), reps, warmup=warmup)
+                    cells[(mode, size, duration_ms)] = (runs, reps, samples)
         provider.shutdown()
     return _report(demo, demo_files, demo_reps, cells, durations_ms)
 
 
 def _report(
-    demo: tuple[float, float, float],
+    demo: dict[str, list[float]],
     demo_files: int,
     demo_reps: int,
-    cells: dict[tuple[str, int, float], tuple[int, int, float, float, float]],
+    cells: dict[Cell, tuple[int, int, dict[str, list[float]]]],
     durations_ms: tuple[float, ...],
 ) -> Result:
+    demo_overhead = _overhead(demo, LIVE)
     demo_table = Table(
         f"Demo pipeline (standard-library census, {demo_files} files), {demo_reps} repetitions",
         ["case", "seconds per run (median)", "overhead"],
     )
-    demo_table.add_row("uninstrumented", f"{demo[0]:.3f}", "-")
-    demo_table.add_row("Redis live", f"{demo[1]:.3f}", f"{demo[2]:+.2f}%")
+    demo_table.add_row(BASE, f"{median(demo[BASE]):.3f}", "-")
+    demo_table.add_row(LIVE, f"{median(demo[LIVE]):.3f}", f"{demo_overhead:+.2f}%")
+    demo_table.notes.append(
+        "Overheads are medians over repetitions of each repetition's ratio to the "
+        "uninstrumented run next to it."
+    )
 
     table = Table(
         "Linear graphs with the live Redis exporter",
         ["node work", "nodes", "work per node", "runs x reps", "uninstrumented s/rep",
-         "Redis live s/rep", "added us/node", "overhead"],
+         "instrumented s/rep", "instrumented added us/node", "instrumented overhead",
+         "floor added us/node", "floor overhead"],
     )  # fmt: skip
-    for (mode, size, duration_ms), (runs, reps, base, live, percent) in cells.items():
-        added_us = (live - base) / (runs * size) * 1e6
+    overheads: dict[Cell, float] = {}
+    for (mode, size, duration_ms), (runs, reps, samples) in cells.items():
+        base = median(samples[BASE])
+        overheads[(mode, size, duration_ms)] = _overhead(samples, LIVE)
+        nodes_per_rep = runs * size
         table.add_row(
-            mode, size, f"{duration_ms:g} ms", f"{runs} x {reps}", f"{base:.4f}", f"{live:.4f}",
-            f"{added_us:.1f}", f"{percent:+.2f}%",
+            mode, size, f"{duration_ms:g} ms", f"{runs} x {reps}", f"{base:.4f}",
+            f"{median(samples[LIVE]):.4f}",
+            f"{(median(samples[LIVE]) - base) / nodes_per_rep * 1e6:.1f}",
+            f"{overheads[(mode, size, duration_ms)]:+.2f}%",
+            f"{(median(samples[FLOOR]) - base) / nodes_per_rep * 1e6:.1f}",
+            f"{_overhead(samples, FLOOR):+.2f}%",
         )  # fmt: skip
     table.notes.append(
         "sleep = time.sleep in exec (GIL released, like I/O); busy-wait = a perf_counter loop "
-        "in exec (GIL held, like CPU-bound work)."
+        "in exec (GIL held, like CPU-bound work). Floor = hand-made spans of the same shape "
+        "through the same exporter. Overheads are medians of per-repetition ratios."
     )
 
-    findings = [Finding(NAME, f"demo pipeline overhead ({demo_files} files)", f"{demo[2]:+.2f}%")]
+    findings = [
+        Finding(NAME, f"demo pipeline overhead ({demo_files} files)", f"{demo_overhead:+.2f}%")
+    ]
     for mode in ("sleep", "busy-wait"):
         for size in GRAPH_SIZES:
-            smallest = _smallest_duration_below_limit(cells, mode, size, durations_ms)
-            value = (
-                f"{smallest:g} ms"
-                if smallest is not None
-                else f"none up to {durations_ms[-1]:g} ms"
-            )
-            findings.append(
-                Finding(NAME, f"smallest node work with overhead < 1%, {mode}, {size} nodes", value)
-            )
+            smallest = _smallest_duration_below_limit(overheads, mode, size, durations_ms)
+            if smallest is None:
+                value = f"none up to {durations_ms[-1]:g} ms"
+            else:
+                value = f"{smallest:g} ms"
+            figure = f"smallest node work with overhead < 1%, {mode}, {size} nodes"
+            findings.append(Finding(NAME, figure, value))
     table.notes.append(
-        "Smallest node work with overhead < 1% (at that duration and every longer one): "
+        "Smallest node work with instrumented overhead < 1% (at that duration and every "
+        "longer one): "
         + "; ".join(f"{f.figure.split(', ', 1)[1]}: {f.value}" for f in findings[1:])
     )
     return Result([demo_table, table], findings)
 
 
 def _smallest_duration_below_limit(
-    cells: dict[tuple[str, int, float], tuple[int, int, float, float, float]],
-    mode: str,
-    size: int,
-    durations_ms: tuple[float, ...],
+    overheads: dict[Cell, float], mode: str, size: int, durations_ms: tuple[float, ...]
 ) -> float | None:
     smallest = None
     for duration_ms in reversed(durations_ms):
-        if cells[(mode, size, duration_ms)][4] >= OVERHEAD_LIMIT_PERCENT:
+        if overheads[(mode, size, duration_ms)] >= OVERHEAD_LIMIT_PERCENT:
             break
         smallest = duration_ms
     return smallest

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run rotel in the foreground with the settings in rotel.env; stop it with Ctrl-C.
+# Run rotel in the foreground with the settings in rotel.env. Stop it with Ctrl-C.
 #
 #   collector-config/run-rotel.sh                               # traces to the dashboard
 #   ROTEL_EXPORTERS_TRACES=jaeger collector-config/run-rotel.sh  # traces to Jaeger
@@ -21,7 +21,7 @@ while IFS= read -r line || [[ -n $line ]]; do
     fi
     name=${line%%=*}
     if [[ $line != *=* || ! $name =~ ^ROTEL_[A-Z0-9_]+$ ]]; then
-        echo "run-rotel.sh: invalid line in $env_file: '$line'; expected ROTEL_NAME=value" >&2
+        echo "run-rotel.sh: invalid line in $env_file: '$line', expected ROTEL_NAME=value" >&2
         exit 2
     fi
     if [[ ! -v $name ]]; then

@@ -1,4 +1,4 @@
-"""The dashboard's Starlette app: the web page, recent events as JSON, and a live event stream.
+"""The dashboard's Starlette app: the page, the live event stream, REST endpoints and OTLP intake.
 
 Usage::
 
@@ -10,66 +10,66 @@ Usage::
 The app always reads events from an ``EventBus``. In embedded mode that is the
 bus of the process it runs in, which the bus exporter fills. In Redis mode a
 relay task copies every event from a Redis Pub/Sub channel into a bus of the
-app's own.
+app's own, and the per-run Redis Streams serve replays and runs the app no
+longer keeps. Spans posted to the OTLP receiver are encoded and published on
+the same bus. A feed task applies every event on the bus to the run store and
+the metrics.
 
 Routes:
 
-- ``GET /``: the page; ``GET /static/...``: its script and style sheet.
-- ``GET /api/events``: Server-Sent Events, one message per schema event with the
-  event's ``event_id`` as the SSE id. A client that sends ``Last-Event-ID`` (or
-  ``?last_event_id=``) first gets the events it missed. When those are no longer
-  buffered it gets an ``event: reset`` message instead, the signal to reload
-  ``/api/state``.
-- ``GET /api/state?limit=N``: the N most recent events, oldest first.
-- ``GET /healthz``: status, number of bus subscribers and mode.
+- ``GET /`` and ``GET /static/...``: the page, its scripts and style sheet.
+- ``GET /api/events``: Server-Sent Events (see ``kaygraph_otel_dashboard.sse``).
+- ``GET /api/state``, ``/api/runs``, ``/api/runs/{correlation_id}``,
+  ``/api/runs/{correlation_id}/graph``, ``/api/metrics``, ``/healthz``: JSON (see
+  ``kaygraph_otel_dashboard.routes``).
+- ``POST /v1/traces``: the OTLP/HTTP receiver (see ``kaygraph_otel_dashboard.otlp``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import hmac
-import ipaddress
-import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl
 
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from redis.exceptions import RedisError
 from starlette.applications import Starlette
-from starlette.background import BackgroundTask
-from starlette.datastructures import MutableHeaders
-from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from kaygraph_otel_dashboard import routes
+from kaygraph_otel_dashboard.feed import EventFeed
+from kaygraph_otel_dashboard.guard import CONTENT_SECURITY_POLICY, MIN_TOKEN_LENGTH, GuardMiddleware
+from kaygraph_otel_dashboard.history import RedisHistory
+from kaygraph_otel_dashboard.metrics import DEFAULT_WINDOW_SECONDS, NodeMetrics
+from kaygraph_otel_dashboard.otlp import DEFAULT_MAX_BODY_BYTES, ReceiverStats, traces_endpoint
 from kaygraph_otel_dashboard.relay import DEFAULT_CHANNEL, RedisRelay
-from kaygraph_otel_exporters.bus import Event, EventBus, Subscription, get_default_bus
+from kaygraph_otel_dashboard.routes import MAX_STATE_LIMIT, STATIC_DIR
+from kaygraph_otel_dashboard.runs import DEFAULT_MAX_RUNS, RunStore
+from kaygraph_otel_dashboard.sse import STATE_URL, events_endpoint
+from kaygraph_otel_exporters.bus import EventBus, Subscription, get_default_bus
+from kaygraph_otel_exporters.redis import DEFAULT_RUNS_KEY, DEFAULT_STREAM_PREFIX
+
+__all__ = [
+    "CONTENT_SECURITY_POLICY",
+    "MAX_STATE_LIMIT",
+    "MIN_TOKEN_LENGTH",
+    "STATE_URL",
+    "STATIC_DIR",
+    "ConfigurationError",
+    "DashboardState",
+    "close_event_streams",
+    "create_app",
+    "dashboard_token",
+]
 
 logger = logging.getLogger(__name__)
 
-STATIC_DIR = Path(__file__).with_name("static")
-DEFAULT_STATE_LIMIT = 2000
-MAX_STATE_LIMIT = 10_000
-MIN_TOKEN_LENGTH = 16
-SEND_TIMEOUT_SECONDS = 30.0
-STATE_URL = "/api/state"
-
-CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
-    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; "
-    "frame-ancestors 'none'"
-)
-SECURITY_HEADERS = (
-    ("content-security-policy", CONTENT_SECURITY_POLICY),
-    ("x-content-type-options", "nosniff"),
-    ("referrer-policy", "no-referrer"),
-    ("x-frame-options", "DENY"),
-)
+DEFAULT_SEND_TIMEOUT_SECONDS = 10.0
+DEFAULT_HISTORY_RUNS = 20
+HISTORY_EVENTS_PER_RUN = 2000
 
 
 class ConfigurationError(ValueError):
@@ -84,8 +84,14 @@ class DashboardState:
     mode: str
     ping_seconds: float
     max_client_queue: int
+    send_timeout: float
     token: str | None
+    feed: EventFeed
+    max_body_bytes: int
+    history_runs: int = 0
     relay: RedisRelay | None = None
+    history: RedisHistory | None = None
+    otlp_stats: ReceiverStats = field(default_factory=ReceiverStats)
     streams: set[Subscription] = field(default_factory=set)
 
     def forget(self, subscription: Subscription) -> None:
@@ -98,13 +104,46 @@ class DashboardState:
         self.forget(subscription)
 
 
+def _check_settings(
+    ping_seconds: float,
+    max_client_queue: int,
+    send_timeout: float,
+    max_body_bytes: int,
+    history_runs: int,
+    token: str | None,
+) -> None:
+    if ping_seconds <= 0:
+        raise ConfigurationError(f"ping_seconds must be positive, got {ping_seconds!r}")
+    if max_client_queue < 1:
+        raise ConfigurationError(f"max_client_queue must be at least 1, got {max_client_queue!r}")
+    if not send_timeout > 0:
+        raise ConfigurationError(f"send_timeout must be positive seconds, got {send_timeout!r}")
+    if max_body_bytes < 1:
+        raise ConfigurationError(f"max_body_bytes must be at least 1, got {max_body_bytes!r}")
+    if history_runs < 0:
+        raise ConfigurationError(f"history_runs must be 0 or more, got {history_runs!r}")
+    if token is not None and len(token) < MIN_TOKEN_LENGTH:
+        raise ConfigurationError(
+            f"the dashboard token has {len(token)} characters, expected at least "
+            f"{MIN_TOKEN_LENGTH}; generate one with "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(24))'`"
+        )
+
+
 def create_app(
     *,
     bus: EventBus | None = None,
     redis_url: str | None = None,
     channel: str = DEFAULT_CHANNEL,
+    stream_prefix: str = DEFAULT_STREAM_PREFIX,
+    runs_key: str = DEFAULT_RUNS_KEY,
+    history_runs: int = DEFAULT_HISTORY_RUNS,
     ping_seconds: float = 15,
     max_client_queue: int = 1000,
+    send_timeout: float = DEFAULT_SEND_TIMEOUT_SECONDS,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_runs: int = DEFAULT_MAX_RUNS,
+    metrics_window: float = DEFAULT_WINDOW_SECONDS,
     token: str | None = None,
 ) -> Starlette:
     """Build the dashboard app.
@@ -113,11 +152,22 @@ def create_app(
         bus: the bus to serve. Defaults to the process-wide bus in embedded mode and
             to a new bus of the app's own in Redis mode.
         redis_url: when set, a relay copies events from this Redis server's Pub/Sub
-            channel into the bus for as long as the app runs.
+            channel into the bus for as long as the app runs, and replays read the
+            exporter's per-run streams.
         channel: the Pub/Sub channel that the relay subscribes to.
+        stream_prefix: the Redis exporter's stream key prefix.
+        runs_key: the Redis exporter's sorted set of runs.
+        history_runs: in Redis mode, how many of the most recently active runs are
+            loaded from their streams at startup; 0 loads none.
         ping_seconds: interval between keep-alive comments on an event stream.
         max_client_queue: events queued per stream before the oldest are dropped; a
             stream that drops events sends ``event: reset`` to its client.
+        send_timeout: seconds one write to an event stream may wait for a client
+            that does not read before that client is disconnected.
+        max_body_bytes: the largest OTLP request body accepted, before and after
+            gzip decompression; larger ones get 413.
+        max_runs: how many runs the run store keeps.
+        metrics_window: the longest metrics window in seconds.
         token: when set, every request except for static files must carry it as
             ``Authorization: Bearer <token>`` or ``?token=<token>``.
 
@@ -125,59 +175,100 @@ def create_app(
         ConfigurationError: the Redis URL is invalid, the token is shorter than
             ``MIN_TOKEN_LENGTH`` characters, or a number is out of range.
     """
-    if ping_seconds <= 0:
-        raise ConfigurationError(f"ping_seconds must be positive, got {ping_seconds!r}")
-    if max_client_queue < 1:
-        raise ConfigurationError(f"max_client_queue must be at least 1, got {max_client_queue!r}")
-    if token is not None and len(token) < MIN_TOKEN_LENGTH:
-        raise ConfigurationError(
-            f"the dashboard token has {len(token)} characters, expected at least "
-            f"{MIN_TOKEN_LENGTH}; generate one with "
-            "`python -c 'import secrets; print(secrets.token_urlsafe(24))'`"
-        )
-
-    relay = None
+    _check_settings(
+        ping_seconds, max_client_queue, send_timeout, max_body_bytes, history_runs, token
+    )
+    relay = history = None
     if redis_url is not None:
         bus = bus if bus is not None else EventBus()
         try:
             relay = RedisRelay(bus, redis_url, channel)
+            history = RedisHistory(redis_url, stream_prefix=stream_prefix, runs_key=runs_key)
         except ValueError as error:
             raise ConfigurationError(str(error)) from None
     elif bus is None:
         bus = get_default_bus()
+    try:
+        feed = EventFeed(bus, RunStore(max_runs), NodeMetrics(window_seconds=metrics_window))
+    except ValueError as error:
+        raise ConfigurationError(str(error)) from None
 
     state = DashboardState(
         bus=bus,
         mode="redis" if relay is not None else "embedded",
         ping_seconds=ping_seconds,
         max_client_queue=max_client_queue,
+        send_timeout=send_timeout,
         token=token,
+        feed=feed,
+        max_body_bytes=max_body_bytes,
+        history_runs=history_runs,
         relay=relay,
+        history=history,
     )
+    app = Starlette(routes=_routes(), lifespan=_lifespan(state))
+    app.state.dashboard = state
+    app.add_middleware(GuardMiddleware, token=token)
+    return app
 
+
+def _routes() -> list[Route | Mount]:
+    return [
+        Route("/", routes.page, methods=["GET"]),
+        Route("/favicon.ico", routes.favicon, methods=["GET"]),
+        Route("/api/events", events_endpoint, methods=["GET"]),
+        Route("/api/state", routes.recent_state, methods=["GET"]),
+        Route("/api/runs", routes.list_runs, methods=["GET"]),
+        Route("/api/runs/{correlation_id}", routes.run_detail, methods=["GET"]),
+        Route("/api/runs/{correlation_id}/graph", routes.run_graph, methods=["GET"]),
+        Route("/api/metrics", routes.metrics, methods=["GET"]),
+        Route("/healthz", routes.health, methods=["GET"]),
+        Route("/v1/traces", traces_endpoint, methods=["POST"]),
+        Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
+    ]
+
+
+def _lifespan(state: DashboardState) -> Any:
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        # The feed subscribes first, so that it sees every event the relay and the
+        # history loader publish.
+        state.feed.start()
         if state.relay is not None:
             state.relay.start()
+        loader = None
+        if state.history is not None and state.history_runs:
+            loader = asyncio.get_running_loop().create_task(_load_history(state))
         try:
             yield
         finally:
+            if loader is not None:
+                loader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loader
             for subscription in list(state.streams):
                 state.forget(subscription)
             if state.relay is not None:
                 await state.relay.stop()
+            if state.history is not None:
+                await state.history.aclose()
+            await state.feed.stop()
 
-    routes = [
-        Route("/", _page, methods=["GET"]),
-        Route("/api/events", _events, methods=["GET"]),
-        Route("/api/state", _state, methods=["GET"]),
-        Route("/healthz", _health, methods=["GET"]),
-        Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
-    ]
-    app = Starlette(routes=routes, lifespan=lifespan)
-    app.state.dashboard = state
-    app.add_middleware(_GuardMiddleware, token=token)
-    return app
+    return lifespan
+
+
+async def _load_history(state: DashboardState) -> None:
+    assert state.history is not None
+    try:
+        events = await state.history.recent_events(state.history_runs, HISTORY_EVENTS_PER_RUN)
+    except (RedisError, OSError) as error:
+        logger.warning("Cannot load recent runs from Redis: %r; showing live events only", error)
+        return
+    if events:
+        # Events that the relay delivered meanwhile arrive twice; the run store and
+        # the browser drop duplicates by event_id.
+        state.bus.publish_many(events)
+        logger.info("Loaded %d event(s) of recent runs from Redis", len(events))
 
 
 def dashboard_token(app: Any) -> str | None:
@@ -200,192 +291,3 @@ def close_event_streams(app: Any) -> int:
         subscription.close()
     state.streams.clear()
     return len(streams)
-
-
-def _dashboard(request: Request) -> DashboardState:
-    return request.app.state.dashboard  # type: ignore[no-any-return]
-
-
-async def _page(request: Request) -> Response:
-    return FileResponse(STATIC_DIR / "index.html", headers={"cache-control": "no-cache"})
-
-
-async def _state(request: Request) -> Response:
-    raw_limit = request.query_params.get("limit")
-    limit = DEFAULT_STATE_LIMIT
-    if raw_limit is not None:
-        if not (raw_limit.isascii() and raw_limit.isdigit()) or not (
-            1 <= int(raw_limit) <= MAX_STATE_LIMIT
-        ):
-            return JSONResponse(
-                {
-                    "error": f"invalid limit {raw_limit[:40]!r}: expected a whole number "
-                    f"from 1 to {MAX_STATE_LIMIT}"
-                },
-                status_code=400,
-            )
-        limit = int(raw_limit)
-    events = _dashboard(request).bus.recent(limit)
-    return JSONResponse({"events": events}, headers={"cache-control": "no-store"})
-
-
-async def _health(request: Request) -> Response:
-    state = _dashboard(request)
-    body: dict[str, Any] = {
-        "status": "ok",
-        "subscribers": state.bus.subscriber_count,
-        "mode": state.mode,
-    }
-    if state.relay is not None:
-        body["relay"] = state.relay.stats()
-    return JSONResponse(body, headers={"cache-control": "no-store"})
-
-
-async def _events(request: Request) -> Response:
-    state = _dashboard(request)
-    last_event_id = request.headers.get("last-event-id") or request.query_params.get(
-        "last_event_id"
-    )
-    # Subscribing here, before the response starts, means that every event published
-    # after the client has received the response headers reaches it.
-    subscription = state.bus.subscribe(state.max_client_queue)
-    state.streams.add(subscription)
-    return EventSourceResponse(
-        _stream(state, subscription, last_event_id or None),
-        ping=state.ping_seconds,
-        send_timeout=SEND_TIMEOUT_SECONDS,
-        background=BackgroundTask(state.release, subscription),
-    )
-
-
-async def _stream(
-    state: DashboardState, subscription: Subscription, last_event_id: str | None
-) -> AsyncIterator[ServerSentEvent]:
-    try:
-        replayed: set[str] = set()
-        if last_event_id is not None:
-            missed = state.bus.events_since(last_event_id)
-            if missed is None:
-                yield _reset_message("last_event_id_unknown")
-            else:
-                for event in missed:
-                    replayed.add(event.get("event_id", ""))
-                    message = _event_message(event)
-                    if message is not None:
-                        yield message
-
-        dropped = subscription.dropped
-        async for event in subscription:
-            if replayed:
-                # The subscription started before the replay was read, so its first
-                # events can be the replay's last ones.
-                if event.get("event_id") in replayed:
-                    continue
-                replayed.clear()
-            if subscription.dropped != dropped:
-                dropped = subscription.dropped
-                yield _reset_message("client_too_slow")
-            message = _event_message(event)
-            if message is not None:
-                yield message
-    finally:
-        state.forget(subscription)
-
-
-def _event_message(event: Event) -> ServerSentEvent | None:
-    try:
-        data = json.dumps(event, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError) as error:
-        logger.warning("Skipped event %r that is not valid JSON: %s", event.get("event_id"), error)
-        return None
-    event_id = event.get("event_id")
-    return ServerSentEvent(data=data, id=event_id if isinstance(event_id, str) else None)
-
-
-def _reset_message(reason: str) -> ServerSentEvent:
-    data = json.dumps({"reason": reason, "state_url": STATE_URL}, separators=(",", ":"))
-    return ServerSentEvent(data=data, event="reset")
-
-
-def _is_loopback_host_header(host_header: str) -> bool:
-    host = host_header.strip()
-    if host.startswith("["):
-        host = host[1:].split("]", 1)[0]
-    elif host.count(":") == 1:
-        host = host.split(":", 1)[0]
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-class _GuardMiddleware:
-    """Add security headers to every response and check the token and Host header.
-
-    Without a token the app only serves requests whose Host header names a
-    loopback address, so a web page that rebinds its own domain name to 127.0.0.1
-    cannot read the dashboard. With a token, every request except for static
-    files must carry it. Static files hold no event data, and a browser cannot
-    add a token to the script and style sheet that the page loads.
-    """
-
-    def __init__(self, app: ASGIApp, token: str | None) -> None:
-        self._app = app
-        self._token = token.encode() if token is not None else None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self._app(scope, receive, send)
-            return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                for name, value in SECURITY_HEADERS:
-                    headers.setdefault(name, value)
-            await send(message)
-
-        rejection = self._check(scope)
-        if rejection is not None:
-            await rejection(scope, receive, send_with_headers)
-            return
-        await self._app(scope, receive, send_with_headers)
-
-    def _check(self, scope: Scope) -> Response | None:
-        headers = dict(scope["headers"])
-        if self._token is None:
-            host_header = headers.get(b"host", b"").decode("latin-1")
-            if not _is_loopback_host_header(host_header):
-                return JSONResponse(
-                    {
-                        "error": f"Host header {host_header[:100]!r} is not a loopback "
-                        "address; open the dashboard at http://127.0.0.1:PORT/ or start "
-                        "it with a token"
-                    },
-                    status_code=400,
-                )
-            return None
-        if scope["path"].startswith("/static/") or self._authorized(scope, headers):
-            return None
-        return JSONResponse(
-            {
-                "error": "missing or invalid dashboard token; send it as "
-                "'Authorization: Bearer <token>' or as the 'token' query parameter"
-            },
-            status_code=401,
-            headers={"www-authenticate": 'Bearer realm="kaygraph-otel dashboard"'},
-        )
-
-    def _authorized(self, scope: Scope, headers: dict[bytes, bytes]) -> bool:
-        assert self._token is not None
-        authorization = headers.get(b"authorization", b"")
-        scheme, _, credentials = authorization.partition(b" ")
-        if scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), self._token):
-            return True
-        query = scope.get("query_string", b"").decode("latin-1")
-        for name, value in parse_qsl(query, keep_blank_values=True):
-            if name == "token" and hmac.compare_digest(value.encode(), self._token):
-                return True
-        return False

@@ -13,8 +13,10 @@ import importlib
 import importlib.metadata
 import importlib.util
 import logging
+import os
 import threading
 import time
+import warnings
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -30,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_REPORT_DIR = Path("reports")
 WORKFLOW_NAME = "stdlib_census"
+DEFAULT_SERVICE_NAME = "kaygraph-otel-demo"
 
 
 def choose_framework() -> tuple[str, ModuleType]:
@@ -94,6 +97,12 @@ def run_demo(args: argparse.Namespace, stop: threading.Event | None = None) -> i
         stop: set it to end the demo after the current run.
     """
     stop = stop or threading.Event()
+    # Parsing the standard library's own tests meets deliberate invalid escape
+    # sequences, which the compiler reports as warnings; they are not errors of the demo.
+    warnings.filterwarnings("ignore", category=SyntaxWarning)
+    warnings.filterwarnings(
+        "ignore", category=DeprecationWarning, message="invalid escape sequence"
+    )
     framework, module = choose_framework()
     version = _framework_version(framework, module)
     print(f"Running the standard-library census on {framework} ({version})", flush=True)
@@ -106,7 +115,10 @@ def run_demo(args: argparse.Namespace, stop: threading.Event | None = None) -> i
         print(f"Dashboard: {server.url}", flush=True)
 
     provider = configure(
-        service_name="kaygraph-otel-demo", redis_url=args.redis_url, bus=bus, set_global=False
+        service_name=os.environ.get("OTEL_SERVICE_NAME") or DEFAULT_SERVICE_NAME,
+        redis_url=args.redis_url,
+        bus=bus,
+        set_global=False,
     )
     _instrument(framework, provider)
     report_dir = Path(getattr(args, "report_dir", None) or DEFAULT_REPORT_DIR)

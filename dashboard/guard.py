@@ -46,8 +46,8 @@ class GuardMiddleware:
     Without a token the app only serves requests whose Host header names a
     loopback address, so a web page that rebinds its own domain name to 127.0.0.1
     cannot read the dashboard. With a token, every request except for static
-    files must carry it. Static files hold no event data, and a browser cannot
-    add a token to the script and style sheet that the page loads.
+    files and the empty favicon must carry it. Those hold no event data, and a
+    browser cannot add a token to the scripts and style sheet that the page loads.
     """
 
     def __init__(self, app: ASGIApp, token: str | None) -> None:
@@ -86,7 +86,8 @@ class GuardMiddleware:
                     status_code=400,
                 )
             return None
-        if scope["path"].startswith("/static/") or self._authorized(scope, headers):
+        path = scope["path"]
+        if path.startswith("/static/") or path == "/favicon.ico" or self._authorized(scope, headers):
             return None
         return JSONResponse(
             {

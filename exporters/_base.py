@@ -48,7 +48,7 @@ class SchemaEventExporter(SpanExporter, abc.ABC):
         breaker_failures: consecutive failed sends that open the circuit.
         breaker_reset_seconds: seconds the circuit stays open before a trial send.
         breaker_exclude: exception types raised by ``_send`` that mean the backend
-            answered and rejected the batch; they do not count as failures.
+            responded and rejected the batch, so they do not count as failures.
 
     Raises:
         ValueError: when a breaker setting is out of range.
@@ -186,8 +186,8 @@ class SchemaEventExporter(SpanExporter, abc.ABC):
         """Reject later exports and release the backend's resources.
 
         Args:
-            timeout_millis: the longest the call may wait for queued events, for
-                subclasses that queue them. This class queues nothing.
+            timeout_millis: the maximum time, in milliseconds, that the call waits for
+                queued events, for subclasses that queue them. This class queues nothing.
         """
         if self._shutdown_event.is_set():
             return

@@ -6,7 +6,7 @@ after ``failure_threshold`` consecutive failed calls the circuit opens, and
 ``allows_call()`` returns False until ``reset_seconds`` have passed, so the
 exporter drops batches without touching the network. The first call after the
 cool-down is a trial: success closes the circuit, failure opens it again for
-another cool-down. Exceptions listed in ``exclude`` (a backend that answered but
+another cool-down. Exceptions listed in ``exclude`` (a backend that responded but
 rejected the batch) do not count as failures.
 """
 
@@ -40,7 +40,7 @@ class ExportBreaker:
         logger: the exporter's module logger.
         failure_threshold: consecutive failed calls that open the circuit.
         reset_seconds: seconds the circuit stays open before a trial call.
-        exclude: exception types that mean the backend answered, so they reset the
+        exclude: exception types that mean the backend responded, so they reset the
             failure count like a success does.
 
     Raises:

@@ -1,4 +1,4 @@
-"""Webhook request bodies and the bounded queue that holds them until delivery."""
+"""Webhook request bodies and the bounded queue that keeps them until delivery."""
 
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ class DeliveryQueue:
     passed to ``task_done``, so ``join`` waits for the one being delivered too.
 
     Args:
-        max_bytes: the most body bytes the queue holds at once.
+        max_bytes: the maximum total size, in bytes, of the queued bodies.
     """
 
     def __init__(self, max_bytes: int) -> None:
@@ -87,7 +87,7 @@ class DeliveryQueue:
         self._condition = threading.Condition()
 
     def put(self, delivery: Delivery) -> bool:
-        """Append ``delivery``; return False, and change nothing, when it is full or closed."""
+        """Append ``delivery``, or return False and change nothing when full or closed."""
         size = len(delivery.body)
         with self._condition:
             if self._closed or self._bytes + size > self._max_bytes:
@@ -100,7 +100,7 @@ class DeliveryQueue:
             return True
 
     def get(self) -> Delivery | None:
-        """Remove and return the oldest delivery, waiting for one; None once closed and empty."""
+        """Remove and return the oldest delivery, waiting for one. None means closed and empty."""
         with self._condition:
             while not self._items and not self._closed:
                 self._condition.wait()
@@ -118,7 +118,7 @@ class DeliveryQueue:
             self._condition.notify_all()
 
     def join(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for every delivery to finish; return whether all did."""
+        """Wait up to ``timeout`` seconds for all deliveries to finish, and return whether they did."""
         deadline = time.monotonic() + max(0.0, timeout)
         with self._condition:
             while self._unfinished:

@@ -12,11 +12,11 @@ Reasons used by the exporters in this package:
 
 - ``connection``, ``timeout``, ``authentication``, ``redis_error``, ``os_error``:
   the backend could not be reached or failed while the batch was sent.
-- ``backend_error``: the backend answered with a server error (HTTP 5xx) on every attempt.
-- ``rate_limited``: the backend answered HTTP 429 on every attempt.
+- ``backend_error``: the backend responded with a server error (HTTP 5xx) on every attempt.
+- ``rate_limited``: the backend responded HTTP 429 on every attempt.
 - ``rejected``: the backend refused the batch with an HTTP 4xx status, so it is not retried.
-- ``redirect``: the backend answered with a redirect, which is not followed.
-- ``gone``: the backend answered HTTP 410, so nothing more is sent to it.
+- ``redirect``: the backend responded with a redirect, which is not followed.
+- ``gone``: the backend responded HTTP 410, so nothing more is sent to it.
 - ``circuit_open``: the circuit breaker was open, so no call was made.
 - ``queue_full``: a bounded queue had no room for the batch.
 - ``too_large``: one event, or the batch the backend refused with HTTP 413, exceeds
@@ -129,7 +129,7 @@ class DropReporter:
         )
 
     def reinit_after_fork(self) -> None:
-        """Recreate the lock in a forked child; the counts are kept."""
+        """Recreate the lock in a forked child. The counts are kept."""
         # Another thread of the parent may have held the lock when the process forked.
         self._lock = threading.Lock()
 

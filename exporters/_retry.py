@@ -23,9 +23,9 @@ def backoff_delay(
 def parse_retry_after(
     value: str | None, maximum: float, *, now: datetime.datetime | None = None
 ) -> float | None:
-    """Return the seconds a ``Retry-After`` header asks to wait, capped at ``maximum``.
+    """Return the delay, in seconds, that a ``Retry-After`` header requests, capped at ``maximum``.
 
-    The header holds either a whole number of seconds or an HTTP date. A date in
+    The header contains either a whole number of seconds or an HTTP date. A date in
     the past yields 0. Returns None when the header is missing or invalid, so the
     caller falls back to its own backoff.
     """
@@ -39,7 +39,7 @@ def parse_retry_after(
     except (TypeError, ValueError, IndexError):
         return None
     if when.tzinfo is None:
-        # RFC 9110 dates are in GMT; a date without a zone is read the same way.
+        # RFC 9110 dates are in GMT, so a date without a zone is read as GMT too.
         when = when.replace(tzinfo=datetime.timezone.utc)
     current = now if now is not None else datetime.datetime.now(datetime.timezone.utc)
     return min(max(0.0, (when - current).total_seconds()), maximum)

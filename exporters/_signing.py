@@ -7,7 +7,7 @@ The signature is ``v1,`` followed by the base64 HMAC-SHA256 of
 library, so a receiver verifies a request with
 ``standardwebhooks.Webhook(secret).verify(body, headers)``. The secret is the
 library's format: ``whsec_`` followed by the base64 of the key. Standard
-Webhooks 1.0.0 asks for a random key of at least 24 bytes.
+Webhooks 1.0.0 specifies a random key of at least 24 bytes.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def decode_secret(secret: str | bytes) -> bytes:
         )
     if len(key) < MIN_SECRET_BYTES:
         raise ValueError(
-            f"invalid webhook secret: its key is {len(key)} bytes, and Standard Webhooks asks "
+            f"invalid webhook secret: its key is {len(key)} bytes, and Standard Webhooks specifies "
             f"for at least {MIN_SECRET_BYTES}; {_GENERATE_HINT}"
         )
     return key

@@ -12,7 +12,7 @@ batch, and never after the events of the same span's end.
 The SDK's queue is bounded. When it is full, the processor drops the new span
 and, for exporters of schema events, counts its events as ``queue_full`` drops.
 ``force_flush`` and ``shutdown`` return within their time limits even when the
-exporter's backend hangs; the export still in progress then finishes on a
+exporter's backend hangs. The export still in progress then finishes on a
 daemon thread, which does not keep the interpreter from exiting.
 
 Usage::
@@ -191,8 +191,9 @@ class LiveSpanProcessor(SpanProcessor):
 
 
 def _sdk_queue(batch: BatchSpanProcessor) -> collections.deque[ReadableSpan] | None:
-    # The queue is private to the SDK (opentelemetry-sdk 1.45); without it, the
-    # processor leaves a full queue to the SDK, which drops spans uncounted.
+    # The queue is a private attribute of the SDK's BatchProcessor (opentelemetry-sdk
+    # 1.45). Without it, the processor leaves a full queue to the SDK, which drops
+    # spans without counting them here.
     processor = getattr(batch, "_batch_processor", None)
     queue = getattr(processor, "_queue", None)
     return queue if isinstance(queue, collections.deque) else None

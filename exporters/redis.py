@@ -180,7 +180,7 @@ class RedisEventExporter(SchemaEventExporter):
         return self._stream_maxlen > 0
 
     def stream_key(self, correlation_id: str) -> str:
-        """Return the key of the stream that holds the events of run ``correlation_id``."""
+        """Return the key of the stream that contains the events of run ``correlation_id``."""
         return f"{self._stream_prefix}{correlation_id}"
 
     def _send(self, events: list[Event]) -> None:
@@ -237,7 +237,7 @@ class RedisEventExporter(SchemaEventExporter):
         if not self._owns_client:
             # redis-py resets a pool on its first use in a new process by itself.
             return
-        # reset() forgets the inherited connections without closing them: closing
+        # reset() drops the inherited connections without closing them, because closing
         # could send a shutdown on a socket that the parent still uses.
         self._client.connection_pool.reset()
 

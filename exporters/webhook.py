@@ -15,7 +15,7 @@ Standard Webhooks way: ``webhook-id``, ``webhook-timestamp`` and
 ``webhook-signature`` headers, the last an HMAC-SHA256 over
 ``id.timestamp.body``. A receiver checks a request with
 ``standardwebhooks.Webhook(secret).verify(body, headers)`` and drops repeats by
-``webhook-id``, which stays the same on every retry of a body; the timestamp
+``webhook-id``, which stays the same on every retry of a body. The timestamp
 and signature are renewed per attempt.
 
 Delivery
@@ -39,8 +39,8 @@ Responses, per attempt:
   later body (``gone``).
 - 413: not retried (``too_large``). Other 4xx: not retried (``rejected``).
 
-Connection errors, timeouts, 5xx and 408 count toward the circuit breaker;
-answers that reject the body, and 429, do not. While the circuit is open,
+Connection errors, timeouts, 5xx and 408 count toward the circuit breaker.
+Responses that reject the body, and 429, do not. While the circuit is open,
 ``export`` drops events without queueing them.
 """
 
@@ -48,11 +48,9 @@ from __future__ import annotations
 
 import datetime
 import logging
-import math
 import threading
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 from opentelemetry.sdk.trace.export import SpanExportResult
@@ -68,7 +66,12 @@ from kaygraph_otel_exporters._delivery import Delivery, DeliveryQueue, build_del
 from kaygraph_otel_exporters._drops import DEFAULT_LOG_INTERVAL_SECONDS
 from kaygraph_otel_exporters._retry import backoff_delay, parse_retry_after
 from kaygraph_otel_exporters._signing import WebhookSigner
-from kaygraph_otel_exporters._urls import redact_url
+from kaygraph_otel_exporters._webhook_checks import (
+    require_positive_seconds,
+    validate_headers,
+    validate_sizes,
+    validate_url,
+)
 from kaygraph_otel_exporters.encoder import event_to_json
 
 logger = logging.getLogger(__name__)
@@ -79,13 +82,10 @@ DEFAULT_SHUTDOWN_TIMEOUT_MILLIS = 3000
 # At most this much of a response body is read, so that a keep-alive connection can be reused.
 MAX_RESPONSE_BYTES = 64 * 1024
 USER_AGENT = f"kaygraph-otel/{__version__}"
-_RESERVED_HEADERS = frozenset(
-    {"content-type", "content-length", "webhook-id", "webhook-timestamp", "webhook-signature"}
-)
 
 
 class _RejectedError(Exception):
-    """The endpoint answered with a status that retrying will not change."""
+    """The endpoint responded with a status that retrying will not change."""
 
     def __init__(self, reason: str, status: int) -> None:
         super().__init__(f"HTTP {status}")
@@ -94,7 +94,7 @@ class _RejectedError(Exception):
 
 
 class _RetryableError(Exception):
-    """The endpoint answered with a status worth retrying, maybe after ``retry_after`` seconds."""
+    """The endpoint responded with a status worth retrying after ``retry_after`` seconds or backoff."""
 
     def __init__(self, reason: str, status: int, retry_after: float | None) -> None:
         super().__init__(f"HTTP {status}")
@@ -104,7 +104,7 @@ class _RetryableError(Exception):
 
 
 class _RateLimitedError(_RetryableError):
-    """HTTP 429: the endpoint is up and asks for fewer requests, so the circuit stays closed."""
+    """HTTP 429: the endpoint is up but rate-limits the sender, so the circuit stays closed."""
 
 
 class WebhookSpanExporter(SchemaEventExporter):
@@ -121,13 +121,13 @@ class WebhookSpanExporter(SchemaEventExporter):
         max_attempts: attempts per body, the first included.
         backoff_initial_seconds: the delay after the first failed attempt; it doubles
             after each further one, with jitter.
-        backoff_max_seconds: the longest backoff delay.
-        max_retry_after_seconds: the longest delay taken from a ``Retry-After`` header.
+        backoff_max_seconds: the maximum backoff delay.
+        max_retry_after_seconds: the maximum delay taken from a ``Retry-After`` header.
         max_body_bytes: the largest request body; bigger batches are split.
         max_queue_bytes: the most body bytes queued for delivery at once.
         breaker_failures: consecutive failed attempts that open the circuit.
         breaker_reset_seconds: seconds the circuit stays open before a trial request.
-        shutdown_timeout_millis: the longest ``shutdown`` waits for queued bodies. The
+        shutdown_timeout_millis: the maximum time ``shutdown`` waits for queued bodies. The
             SDK passes what remains of its own 30 s budget, so this cap keeps
             interpreter exit prompt when the endpoint hangs.
         headers: extra request headers, such as an ``Authorization`` header. They are
@@ -165,7 +165,7 @@ class WebhookSpanExporter(SchemaEventExporter):
         include_started: bool = True,
         drop_log_interval: float = DEFAULT_LOG_INTERVAL_SECONDS,
     ) -> None:
-        target = _validate_url(url)
+        target = validate_url(url)
         for name, value in (
             ("connect_timeout", connect_timeout),
             ("read_timeout", read_timeout),
@@ -175,9 +175,9 @@ class WebhookSpanExporter(SchemaEventExporter):
             ("backoff_max_seconds", backoff_max_seconds),
             ("max_retry_after_seconds", max_retry_after_seconds),
         ):
-            _require_positive_seconds(name, value)
-        _validate_sizes(max_attempts, max_body_bytes, max_queue_bytes, shutdown_timeout_millis)
-        self._extra_headers = _validate_headers(headers)
+            require_positive_seconds(name, value)
+        validate_sizes(max_attempts, max_body_bytes, max_queue_bytes, shutdown_timeout_millis)
+        self._extra_headers = validate_headers(headers)
         self._signer = WebhookSigner(secret)
 
         super().__init__(
@@ -201,7 +201,7 @@ class WebhookSpanExporter(SchemaEventExporter):
         self._max_body_bytes = max_body_bytes
         self._max_queue_bytes = max_queue_bytes
         self._shutdown_timeout_millis = shutdown_timeout_millis
-        self._gone = threading.Event()
+        self._endpoint_gone = threading.Event()
         self._init_delivery_state()
 
     def _init_delivery_state(self) -> None:
@@ -232,8 +232,8 @@ class WebhookSpanExporter(SchemaEventExporter):
         return self._target
 
     def _submit(self, events: list[Event]) -> SpanExportResult:
-        if self._gone.is_set():
-            self.drops.record(len(events), "gone", "the endpoint answered 410 Gone")
+        if self._endpoint_gone.is_set():
+            self.drops.record(len(events), "gone", "the endpoint responded 410 Gone")
             return SpanExportResult.FAILURE
         if not self.breaker.allows_call():
             self.drops.record(len(events), "circuit_open", self.breaker.describe_open())
@@ -260,7 +260,7 @@ class WebhookSpanExporter(SchemaEventExporter):
         return result
 
     def _send(self, events: list[Event]) -> None:
-        # Events go through _submit and the delivery thread; nothing calls _send.
+        # Events go through _submit and the delivery thread, so nothing calls _send.
         raise NotImplementedError("WebhookSpanExporter delivers on its own thread")
 
     def _ensure_worker(self) -> None:
@@ -289,8 +289,8 @@ class WebhookSpanExporter(SchemaEventExporter):
     def _deliver(self, delivery: Delivery, client: httpx.Client) -> None:
         last_reason, last_error = "circuit_open", ""
         for attempt in range(1, self._max_attempts + 1):
-            if self._gone.is_set():
-                self.drops.record(delivery.event_count, "gone", "the endpoint answered 410 Gone")
+            if self._endpoint_gone.is_set():
+                self.drops.record(delivery.event_count, "gone", "the endpoint responded 410 Gone")
                 return
             if self._abandon.is_set():
                 self.drops.record(delivery.event_count, "shutdown", "the exporter shut down")
@@ -346,10 +346,10 @@ class WebhookSpanExporter(SchemaEventExporter):
         _raise_for_status(status, retry_after, self._max_retry_after)
 
     def _reject(self, delivery: Delivery, error: _RejectedError) -> None:
-        if error.reason == "gone" and not self._gone.is_set():
-            self._gone.set()
+        if error.reason == "gone" and not self._endpoint_gone.is_set():
+            self._endpoint_gone.set()
             logger.warning(
-                "%s: %s answered 410 Gone, so no more events are sent to it. Later events are "
+                "%s: %s responded 410 Gone, so no more events are sent to it. Later events are "
                 "dropped and counted; create a new exporter to send again",
                 self._name,
                 self._target,
@@ -399,7 +399,8 @@ class WebhookSpanExporter(SchemaEventExporter):
 
         Extra keys: ``queued_events`` and ``queued_bytes`` (waiting, not counting the
         body in progress), ``pending_deliveries`` (bodies queued or in progress),
-        ``retries`` (attempts after the first) and ``gone`` (the endpoint answered 410).
+        ``retries`` (attempts after the first) and ``endpoint_gone`` (the endpoint
+        responded 410 Gone).
         """
         stats = super().stats()
         stats.update(
@@ -407,18 +408,18 @@ class WebhookSpanExporter(SchemaEventExporter):
             queued_bytes=self._queue.queued_bytes,
             pending_deliveries=self._queue.unfinished,
             retries=self._retries,
-            gone=self._gone.is_set(),
+            endpoint_gone=self._endpoint_gone.is_set(),
         )
         return stats
 
     def _reset_connections_after_fork(self) -> None:
         # The parent keeps delivering what it queued, on its own connection. The child
-        # starts with an empty queue, a new client and no thread; the inherited client
-        # is dropped without being closed, because it shares its sockets with the parent.
-        gone = self._gone.is_set()
-        self._gone = threading.Event()
-        if gone:
-            self._gone.set()
+        # starts with an empty queue, a new client and no delivery thread. The inherited
+        # client is dropped without being closed, because it shares sockets with the parent.
+        endpoint_gone = self._endpoint_gone.is_set()
+        self._endpoint_gone = threading.Event()
+        if endpoint_gone:
+            self._endpoint_gone.set()
         self._init_delivery_state()
 
     def __repr__(self) -> str:
@@ -459,77 +460,3 @@ def _read_some(response: httpx.Response) -> None:
 def _describe(error: Exception) -> str:
     text = str(error)
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
-def _validate_url(url: str) -> str:
-    """Return the redacted form of ``url`` after checking that it is an http(s) URL."""
-    example = "http://127.0.0.1:8000/webhook"
-    if not isinstance(url, str) or not url:
-        raise ValueError(
-            f"webhook url must be a non-empty http:// or https:// URL, got {url!r}; "
-            f"pass a URL such as {example!r}"
-        )
-    target = redact_url(url)
-    try:
-        parts = urlsplit(url)
-        hostname = parts.hostname
-        parts.port  # noqa: B018 - parsing the port raises ValueError when it is invalid
-    except ValueError as exc:
-        raise ValueError(
-            f"invalid webhook URL {target!r}: {exc}; pass a URL such as {example!r}"
-        ) from None
-    if parts.scheme not in ("http", "https"):
-        raise ValueError(
-            f"unsupported webhook URL scheme {parts.scheme!r} in {target!r}: webhooks are "
-            f"sent over http:// or https:// only; pass a URL such as {example!r}"
-        )
-    if not hostname:
-        raise ValueError(
-            f"invalid webhook URL {target!r}: it has no host; pass a URL such as {example!r}"
-        )
-    return target
-
-
-def _require_positive_seconds(name: str, value: float) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
-        raise ValueError(
-            f"{name} must be a positive, finite number of seconds, got {value!r}; "
-            "a missing timeout would let a hanging endpoint stall delivery"
-        )
-
-
-def _validate_sizes(
-    max_attempts: int, max_body_bytes: int, max_queue_bytes: int, shutdown_timeout_millis: int
-) -> None:
-    for name, value, minimum in (
-        ("max_attempts", max_attempts, 1),
-        ("max_body_bytes", max_body_bytes, 64),
-        ("max_queue_bytes", max_queue_bytes, 1),
-        ("shutdown_timeout_millis", shutdown_timeout_millis, 0),
-    ):
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}")
-    if max_queue_bytes < max_body_bytes:
-        raise ValueError(
-            f"max_queue_bytes ({max_queue_bytes}) must be at least max_body_bytes "
-            f"({max_body_bytes}), or no full body would fit in the queue"
-        )
-
-
-def _validate_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
-    if headers is None:
-        return {}
-    result: dict[str, str] = {}
-    for name, value in headers.items():
-        if not isinstance(name, str) or not isinstance(value, str):
-            raise ValueError(
-                f"headers must map strings to strings, got a {type(value).__name__} value "
-                f"for {name!r}"
-            )
-        if name.lower() in _RESERVED_HEADERS:
-            raise ValueError(
-                f"header {name!r} is set by the exporter and cannot be replaced; remove it "
-                "from headers"
-            )
-        result[name] = value
-    return result

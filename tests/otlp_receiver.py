@@ -1,9 +1,9 @@
 """A real OTLP/HTTP trace receiver on loopback for tests: decodes and keeps every span.
 
 It serves ``POST /v1/traces`` with a protobuf ``ExportTraceServiceRequest`` body,
-plain or gzip-compressed, and answers as an OTLP/HTTP server does: status 200 with
-an empty ``ExportTraceServiceResponse``. Other paths get 404 and other media types
-415. It runs ``http.server`` in a background thread; ``stop()`` closes it.
+plain or gzip-compressed. It replies as an OTLP/HTTP server does, with status 200
+and an empty ``ExportTraceServiceResponse``. Other paths get 404 and other media
+types 415. It runs ``http.server`` in a background thread; ``stop()`` closes it.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import jsonschema
@@ -99,21 +100,31 @@ def compact(event: dict[str, Any]) -> str:
     return json.dumps(event, ensure_ascii=False, separators=(",", ":"))
 
 
+def sse_id(event: dict[str, Any]) -> str:
+    """Return the SSE id the dashboard gives ``event``: its event id and run id."""
+    return f"{event['event_id']}/{quote(event['correlation_id'], safe='')}"
+
+
 class SSEReader:
     """Parse Server-Sent Events from an httpx streaming response, one message at a time."""
 
     def __init__(self, response: httpx.Response) -> None:
         self._lines = response.iter_lines()
         self.comments: list[str] = []
+        self.retry: str | None = None
 
     def next_message(self) -> dict[str, str]:
-        """Return the next message with at least one field; comment lines are collected aside.
+        """Return the next message with a field other than ``retry``.
 
-        httpx raises ReadTimeout when no line arrives within the client's read timeout.
+        Comment lines are collected aside, and a message with only ``retry`` sets
+        ``self.retry``. httpx raises ReadTimeout when no line arrives within the
+        client's read timeout.
         """
         fields: dict[str, str] = {}
         for line in self._lines:
             if line == "":
+                if set(fields) == {"retry"}:
+                    self.retry = fields.pop("retry")
                 if fields:
                     return fields
                 continue
@@ -177,11 +188,11 @@ def test_events_stream_published_events(bus: EventBus, client: httpx.Client) -> 
         bus.publish(second)
         messages = [reader.next_message(), reader.next_message()]
 
-    assert messages[0]["id"] == first["event_id"]
+    assert messages[0]["id"] == sse_id(first)
     assert json.loads(messages[0]["data"]) == first
     assert messages[0]["data"] == compact(first)
     assert "event" not in messages[0]
-    assert messages[1]["id"] == second["event_id"]
+    assert messages[1]["id"] == sse_id(second)
     assert json.loads(messages[1]["data"]) == second
 
 
@@ -192,7 +203,7 @@ def test_events_new_connection_skips_old_events(bus: EventBus, client: httpx.Cli
         reader = SSEReader(response)
         bus.publish(fresh)
         message = reader.next_message()
-    assert message["id"] == fresh["event_id"]
+    assert message["id"] == sse_id(fresh)
 
 
 def test_events_replay_after_last_event_id(bus: EventBus, client: httpx.Client) -> None:
@@ -206,10 +217,10 @@ def test_events_replay_after_last_event_id(bus: EventBus, client: httpx.Client) 
         bus.publish(marker)
         after = reader.next_message()
 
-    assert [message["id"] for message in replayed] == [event["event_id"] for event in events[2:]]
+    assert [message["id"] for message in replayed] == [sse_id(event) for event in events[2:]]
     assert [json.loads(message["data"]) for message in replayed] == events[2:]
     # The next message is the live one: nothing replayed twice, nothing skipped.
-    assert after["id"] == marker["event_id"]
+    assert after["id"] == sse_id(marker)
 
 
 class _RacingBus(EventBus):
@@ -244,8 +255,8 @@ def test_events_replay_race_sends_event_once() -> None:
                 first = reader.next_message()
                 bus.publish(marker)
                 second = reader.next_message()
-    assert first["id"] == racing["event_id"]
-    assert second["id"] == marker["event_id"]
+    assert first["id"] == sse_id(racing)
+    assert second["id"] == sse_id(marker)
 
 
 def test_events_replay_from_query_parameter(bus: EventBus, client: httpx.Client) -> None:
@@ -255,7 +266,7 @@ def test_events_replay_from_query_parameter(bus: EventBus, client: httpx.Client)
     with client.stream("GET", "/api/events", params=params) as response:
         reader = SSEReader(response)
         ids = [reader.next_message()["id"] for _ in range(2)]
-    assert ids == [events[1]["event_id"], events[2]["event_id"]]
+    assert ids == [sse_id(events[1]), sse_id(events[2])]
 
 
 def test_events_replay_of_latest_id_is_empty(bus: EventBus, client: httpx.Client) -> None:
@@ -266,7 +277,7 @@ def test_events_replay_of_latest_id_is_empty(bus: EventBus, client: httpx.Client
         reader = SSEReader(r)
         bus.publish(live)
         message = reader.next_message()
-    assert message["id"] == live["event_id"]
+    assert message["id"] == sse_id(live)
 
 
 def test_events_unknown_last_event_id_resets(bus: EventBus, client: httpx.Client) -> None:
@@ -282,7 +293,7 @@ def test_events_unknown_last_event_id_resets(bus: EventBus, client: httpx.Client
     assert reset["event"] == "reset"
     assert "id" not in reset
     assert json.loads(reset["data"])["state_url"] == "/api/state"
-    assert after["id"] == live["event_id"]
+    assert after["id"] == sse_id(live)
 
 
 def test_events_slow_client_gets_reset() -> None:
@@ -298,8 +309,8 @@ def test_events_slow_client_gets_reset() -> None:
 
     assert messages[0]["event"] == "reset"
     assert json.loads(messages[0]["data"])["reason"] == "client_too_slow"
-    assert messages[1]["id"] == events[8]["event_id"]
-    assert messages[2]["id"] == events[9]["event_id"]
+    assert messages[1]["id"] == sse_id(events[8])
+    assert messages[2]["id"] == sse_id(events[9])
 
 
 def test_events_sends_pings() -> None:
@@ -368,7 +379,13 @@ def test_state_accepts_max_limit(client: httpx.Client) -> None:
 def test_health_reports_embedded_mode(client: httpx.Client) -> None:
     response = client.get("/healthz")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "subscribers": 0, "mode": "embedded"}
+    assert response.json() == {
+        "status": "ok",
+        "subscribers": 0,
+        "mode": "embedded",
+        "runs": 0,
+        "otlp": {"requests": 0, "spans": 0, "events": 0, "rejected": 0},
+    }
 
 
 class _PageScanner(html.parser.HTMLParser):
@@ -415,7 +432,10 @@ def test_page_has_csp_and_no_inline_code(client: httpx.Client) -> None:
     assert "unsafe-inline" not in csp
     assert "unsafe-eval" not in csp
     assert response.headers["x-content-type-options"] == "nosniff"
-    assert scanner.scripts == [{"src": "/static/app.js", "defer": None}]
+    assert scanner.scripts == [
+        {"src": "/static/vendor/elk.bundled.js", "defer": None},
+        {"type": "module", "src": "/static/app.js"},
+    ]
     assert scanner.inline_script_text == ""
     assert scanner.style_tags == 0
     assert scanner.inline_attributes == []
@@ -433,13 +453,17 @@ def test_static_files_served_with_nosniff(client: httpx.Client) -> None:
 
 
 def test_page_script_never_parses_html() -> None:
-    script = (STATIC_DIR / "app.js").read_text()
-    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
-        assert sink not in script, f"app.js uses {sink}"
-    for asset in ("index.html", "app.js", "style.css"):
-        text = (STATIC_DIR / asset).read_text()
-        assert "http://" not in text.replace("http://www.w3.org/2000/svg", ""), asset
-        assert "https://" not in text, asset
+    scripts = [STATIC_DIR / "app.js", *sorted((STATIC_DIR / "js").glob("*.js"))]
+    assert len(scripts) >= 8
+    for path in scripts:
+        script = path.read_text()
+        for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
+            assert sink not in script, f"{path.name} uses {sink}"
+        assert "new Function" not in script, path.name
+    for path in [STATIC_DIR / "index.html", STATIC_DIR / "style.css", *scripts]:
+        text = path.read_text()
+        assert "http://" not in text.replace("http://www.w3.org/2000/svg", ""), path.name
+        assert "https://" not in text, path.name
 
 
 # ---- token and Host header ----------------------------------------------------------
@@ -680,7 +704,7 @@ def test_redis_message_reaches_sse_client(
         message = reader.next_message()
     health = redis_mode.get("/healthz").json()
     assert receivers == 1
-    assert message["id"] == event["event_id"]
+    assert message["id"] == sse_id(event)
     assert json.loads(message["data"]) == event
     assert health["mode"] == "redis"
     assert health["relay"]["received"] == 1
@@ -697,7 +721,7 @@ def test_redis_invalid_messages_skipped(
         redis_client.publish(channel, json.dumps({"event_name": "node_started"}))
         redis_client.publish(channel, compact(event))
         message = reader.next_message()
-    assert message["id"] == event["event_id"]
+    assert message["id"] == sse_id(event)
     assert relay_stats(redis_mode)["invalid"] == 3
 
 
@@ -721,8 +745,8 @@ def test_redis_relay_survives_restart(
             publisher.publish(channel, compact(after))
         second = reader.next_message()
 
-    assert first["id"] == before["event_id"]
-    assert second["id"] == after["event_id"]
+    assert first["id"] == sse_id(before)
+    assert second["id"] == sse_id(after)
     assert relay_stats(redis_mode)["reconnect_attempts"] >= 1
 
 

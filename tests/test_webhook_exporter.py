@@ -531,7 +531,7 @@ class TestRetries:
         assert len(server.requests) == 1
         assert results == [SpanExportResult.FAILURE] * 3
         assert exporter.drops.by_reason() == {"gone": 4 * count}
-        assert exporter.stats()["gone"] is True
+        assert exporter.stats()["endpoint_gone"] is True
         gone_lines = [r for r in caplog.records if "410 Gone" in r.getMessage()]
         assert len(gone_lines) == 1
 
