@@ -41,7 +41,13 @@ from kaygraph_otel._runs import (
     record_exception,
 )
 from kaygraph_otel._snapshot import safe_str, snapshot_json
-from kaygraph_otel._structure import node_key, unique_id, user_node_id, walk_graph
+from kaygraph_otel._structure import (
+    StructureCache,
+    node_key,
+    unique_id,
+    user_node_id,
+    walk_graph,
+)
 from kaygraph_otel.config import Settings
 
 WRAPPED_METHODS = (
@@ -82,6 +88,7 @@ class Engine(ExecutionWrappers):
         self.emitter = emitter
         self.metrics = metrics
         self._patcher = ClassPatcher(framework.base_node, WRAPPED_METHODS, self._wrapper_for)
+        self._structures = StructureCache()
 
     def patch(self) -> None:
         self._patcher.patch()
@@ -240,16 +247,18 @@ class Engine(ExecutionWrappers):
             or user_node_id(instance)
             or type(instance).__name__
         )
-        structure = walk_graph(
+        max_nodes = self.settings.max_graph_nodes
+        structure = self._structures.get(
             instance,
-            is_graph=self._is_graph,
-            max_nodes=self.settings.max_graph_nodes,
-            graph_id=name,
+            name,
+            max_nodes,
+            lambda: walk_graph(
+                instance, is_graph=self._is_graph, max_nodes=max_nodes, graph_id=name
+            ),
         )
-        structure.ids[node_key(instance)] = name
-        return Workflow(
-            structure.ids, structure.workflow_id, name, correlation_id
-        ), structure.to_json()
+        ids = dict(structure.ids)
+        ids[node_key(instance)] = name
+        return Workflow(ids, structure.workflow_id, name, correlation_id), structure.to_json()
 
     def _extend_structure(self, workflow: Workflow, graph: Any) -> str | None:
         start = getattr(graph, "start_node", None)
@@ -307,31 +316,25 @@ class Engine(ExecutionWrappers):
         if next_id is not None:
             label = action or "default"
             run.workflow.count_transition(run.node_id, label, next_id)
-            self.metrics.transitions.add(
-                1,
-                {
-                    attr.WORKFLOW_NAME: run.workflow.name,
-                    attr.TRANSITION_FROM: run.node_id,
-                    attr.TRANSITION_ACTION: label,
-                    attr.TRANSITION_TO: next_id,
-                },
-            )
+            self.metrics.count_transition(run.workflow.name, run.node_id, label, next_id)
         return next_id
 
     def _record_outcome(self, run: NodeRun, result: Any, next_id: str | None) -> None:
         span = run.span
         self._record_counts(run)
+        outcome: dict[str, AttributeValue] = {}
         if run.kind != "workflow":
             if isinstance(result, str):
-                span.set_attribute(attr.ACTION, result)
+                outcome[attr.ACTION] = result
             if next_id is not None:
-                span.set_attribute(attr.NEXT_NODE_ID, next_id)
+                outcome[attr.NEXT_NODE_ID] = next_id
         if run.handled_error is not None:
             error = run.handled_error
             record_exception(span, error)
-            span.set_attribute(attr.ERROR_HANDLED, True)
-            span.set_attribute(attr.ERROR_PHASE, run.phase)
-            span.set_attribute(attr.STATE, "handled")
+            outcome[attr.ERROR_HANDLED] = True
+            outcome[attr.ERROR_PHASE] = run.phase
+            outcome[attr.STATE] = "handled"
+            span.set_attributes(outcome)
             self.emitter.emit(
                 span,
                 "node_failed",
@@ -343,7 +346,8 @@ class Engine(ExecutionWrappers):
                 },
             )
             return
-        span.set_attribute(attr.STATE, "completed")
+        outcome[attr.STATE] = "completed"
+        span.set_attributes(outcome)
         completed = "workflow_completed" if run.kind == "workflow" else "node_completed"
         self.emitter.emit(span, completed, {attr.EVENT_STATE: "completed"})
 

@@ -41,6 +41,7 @@ class Metrics:
         self.batch_size = meter.create_histogram(**describe("kaygraph.batch.size"))
         self.transitions = meter.create_counter(**describe("kaygraph.transitions"))
         self._node_attributes: dict[tuple[str, str, str], Attributes] = {}
+        self._transition_attributes: dict[tuple[str, str, str, str], Attributes] = {}
 
     def node_attributes(self, node_type: str, kind: str, framework: str) -> Attributes:
         key = (node_type, kind, framework)
@@ -50,6 +51,20 @@ class Metrics:
             if len(self._node_attributes) < 10_000:
                 self._node_attributes[key] = cached
         return cached
+
+    def count_transition(self, workflow: str, source: str, action: str, target: str) -> None:
+        key = (workflow, source, action, target)
+        cached = self._transition_attributes.get(key)
+        if cached is None:
+            cached = {
+                attr.WORKFLOW_NAME: workflow,
+                attr.TRANSITION_FROM: source,
+                attr.TRANSITION_ACTION: action,
+                attr.TRANSITION_TO: target,
+            }
+            if len(self._transition_attributes) < 10_000:
+                self._transition_attributes[key] = cached
+        self.transitions.add(1, cached)
 
     def record_end(
         self, base: Attributes, seconds: float, outcome: str, error: BaseException | None

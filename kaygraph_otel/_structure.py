@@ -12,6 +12,8 @@ import collections
 import hashlib
 import json
 import re
+import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,12 +62,73 @@ class Structure:
     truncated: bool = False
     ids: dict[int, str] = field(default_factory=dict)
     workflow_id: str = ""
+    walked: list[Any] = field(default_factory=list, repr=False)
+    _json: str | None = field(default=None, repr=False)
 
     def to_json(self) -> str:
-        body: dict[str, Any] = {"nodes": self.nodes, "edges": self.edges}
-        if self.truncated:
-            body["truncated"] = True
-        return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+        if self._json is None:
+            body: dict[str, Any] = {"nodes": self.nodes, "edges": self.edges}
+            if self.truncated:
+                body["truncated"] = True
+            self._json = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+        return self._json
+
+
+def _signature(graph: Any, nodes: list[Any]) -> tuple[Any, ...]:
+    """Return what a walk of ``graph`` depends on: each node's id, links and nested graphs."""
+    parts: list[Any] = [id(getattr(graph, "start_node", None))]
+    for node in nodes:
+        successors = getattr(node, "successors", None)
+        links = (
+            tuple((a, id(t)) for a, t in successors.items()) if isinstance(successors, dict) else ()
+        )
+        own = getattr(node, "__dict__", {})
+        nested = (id(own.get("start_node")), id(own.get("graph")), id(own.get("graphs")))
+        parts.append((id(node), own.get("node_id"), links, nested))
+    return tuple(parts)
+
+
+class StructureCache:
+    """Structures of recently run graphs, reused while the graph's nodes and links are unchanged.
+
+    Walking a graph costs far more per node than checking that it is unchanged,
+    and a graph is usually built once and run many times. An entry is reused only
+    while the same graph object has the same nodes, node ids, successors and
+    nested graphs; any change makes the next run walk it again.
+    """
+
+    def __init__(self, max_entries: int = 128) -> None:
+        self._entries: collections.OrderedDict[
+            tuple[int, str | None, int], tuple[weakref.ref[Any], tuple[Any, ...], Structure]
+        ] = collections.OrderedDict()
+        self._max_entries = max_entries
+        self._lock = threading.Lock()
+
+    def get(
+        self, graph: Any, graph_id: str | None, max_nodes: int, walk: Callable[[], Structure]
+    ) -> Structure:
+        key = (id(graph), graph_id, max_nodes)
+        with self._lock:
+            entry = self._entries.get(key)
+        if (
+            entry is not None
+            and entry[0]() is graph
+            and entry[1] == _signature(graph, entry[2].walked)
+        ):
+            with self._lock:
+                self._entries.move_to_end(key)
+            return entry[2]
+        structure = walk()
+        try:
+            reference = weakref.ref(graph)
+        except TypeError:
+            return structure
+        signature = _signature(graph, structure.walked)
+        with self._lock:
+            self._entries[key] = (reference, signature, structure)
+            while len(self._entries) > self._max_entries:
+                self._entries.popitem(last=False)
+        return structure
 
 
 def _children_graphs(node: Any, is_graph: Callable[[Any], bool]) -> list[Any]:
@@ -136,6 +199,7 @@ def walk_graph(
             structure.truncated = True
             break
         seen.add(id(node))
+        structure.walked.append(node)
         node_id = assign(node)
         ids[node_key(node)] = node_id
         order[id(node)] = len(structure.nodes)

@@ -301,3 +301,25 @@ def test_many_retries_stay_under_span_event_limit(
     assert span.attributes[attr.EVENTS_DROPPED] == max_retries - 1 - 16
     assert span.dropped_events == 0
     assert names[-1] == "node_completed"
+
+
+def test_structure_follows_graph_changes_between_runs(
+    spans: Callable[[], list[ReadableSpan]],
+) -> None:
+    first, second = Add("first", 1), Add("second", 1)
+    graph = kaygraph.Graph(start=chain(first, second))
+    graph.run({})
+    graph.run({})
+    third = Add("third", 1)
+    second >> third
+    graph.run({})
+
+    structures = [
+        json.loads(w.attributes[attr.GRAPH_STRUCTURE]) for w in of_kind(spans(), "workflow")
+    ]
+    assert [[n["id"] for n in s["nodes"]] for s in structures] == [
+        ["first", "second"],
+        ["first", "second"],
+        ["first", "second", "third"],
+    ]
+    assert one_node_span(spans(), "third").attributes[attr.PARENT_NODE_ID] == "Graph"
