@@ -22,10 +22,8 @@ COPY exporters ./exporters
 # The Python modules and the static files only: dashboard/node_modules stays out.
 COPY dashboard/*.py ./dashboard/
 COPY dashboard/static ./dashboard/static
+COPY --from=assets /assets/static/vendor ./dashboard/static/vendor
 RUN pip install '.[dashboard,pocketflow]'
-# NOTE: the package data in pyproject.toml is static/* only, which leaves out the
-# static/vendor/ folder, so the vendored files are copied into the installed package.
-COPY --from=assets /assets/static/vendor /usr/local/lib/python3.11/site-packages/kaygraph_otel_dashboard/static/vendor
 
 # The user nobody can write only under /tmp, so the demo needs --report-dir /tmp/...
 USER nobody

@@ -6,6 +6,7 @@ import contextlib
 import gc
 import logging
 import math
+import random
 import shutil
 import socket
 import statistics
@@ -150,18 +151,21 @@ def verdict(holds: bool | None) -> str:
 
 
 def interleaved(
-    cases: dict[str, Callable[[], float]], rounds: int, *, warmup: int = 1
+    cases: dict[str, Callable[[], float]], rounds: int, *, warmup: int = 1, seed: int = 0
 ) -> dict[str, list[float]]:
     """Call every case once per round and collect what each call returns (a measurement).
 
-    The order of the cases rotates from round to round, so no case always runs
-    right after the same neighbour. The first ``warmup`` rounds are discarded.
+    Each round runs the cases in a new random order from a generator seeded with
+    ``seed``, so no case keeps the same neighbour, and a case that disturbs the
+    next one (for example by removing patches) does not always disturb the same
+    case. The first ``warmup`` rounds are discarded.
     """
     names = list(cases)
+    order = random.Random(seed)
     samples: dict[str, list[float]] = {name: [] for name in names}
     for index in range(warmup + rounds):
-        shift = index % len(names)
-        for name in names[shift:] + names[:shift]:
+        order.shuffle(names)
+        for name in names:
             value = cases[name]()
             if index >= warmup:
                 samples[name].append(value)
@@ -177,8 +181,15 @@ def round_ratios(numerators: Sequence[float], denominators: Sequence[float]) -> 
     return [top / bottom for top, bottom in zip(numerators, denominators, strict=True)]
 
 
-def timed(function: Callable[[], Any]) -> float:
-    """Collect garbage, then return the seconds that one call of ``function`` takes."""
+def timed(function: Callable[[], Any], warmup: Callable[[], Any] | None = None) -> float:
+    """Return the seconds that one call of ``function`` takes.
+
+    ``warmup`` runs first, untimed, then garbage is collected. A warm-up matters
+    right after patching or unpatching, because the first call is then slower (by
+    about 10% for a 100-node Flow on CPython 3.11, measured on the benchmark machine).
+    """
+    if warmup is not None:
+        warmup()
     gc.collect()
     started = time.perf_counter()
     function()
@@ -335,17 +346,23 @@ class RedisServer:
 
 # Profiling
 
+WORKFLOW_CATEGORY = "the workflow's own code (PocketFlow, benchmark and demo nodes)"
+THREADS_CATEGORY = "threads, thread pools and asyncio, idle waits included (standard library)"
 # Each sample's time goes to the nearest frame on its stack whose file path contains
-# one of these fragments, checked in order, so standard-library and built-in calls
-# (and wrapt, whose wrappers are C code) count toward the code that made them.
+# one of these fragments, checked in order. Standard-library and built-in calls, and
+# wrapt's wrappers, which are C code, therefore count toward the code that made them.
 PROFILE_CATEGORIES = (
     ("/opentelemetry/", "OpenTelemetry SDK and API"),
     ("/kaygraph_otel/", "kaygraph_otel (instrumentation)"),
     ("/exporters/", "kaygraph_otel_exporters (encoder, exporters)"),
     ("/redis/", "redis-py"),
     ("/httpx/", "httpx"),
-    ("/pocketflow/", "PocketFlow and the benchmark's own code"),
-    ("/benchmarks/", "PocketFlow and the benchmark's own code"),
+    ("/pocketflow/", WORKFLOW_CATEGORY),
+    ("/benchmarks/", WORKFLOW_CATEGORY),
+    ("/dashboard/demo", WORKFLOW_CATEGORY),
+    ("/concurrent/futures/", THREADS_CATEGORY),
+    ("/threading.py", THREADS_CATEGORY),
+    ("/asyncio/", THREADS_CATEGORY),
 )
 PROFILE_INTERVAL_SECONDS = 0.0001
 PROFILE_TREE_LINES = 45
@@ -353,7 +370,7 @@ PROFILE_TREE_LINES = 45
 
 @dataclass
 class Profile:
-    """Where one profiled call spent its time.
+    """The time of one profiled call, by category of code and by project function.
 
     Attributes:
         seconds_by_category: time per category of ``PROFILE_CATEGORIES``, plus "other".
@@ -423,13 +440,13 @@ def profile_tables(
 ) -> list[Table]:
     """Return the category table and the top project functions of ``profile``.
 
-    Shares of the profile are scaled to ``unit_cost`` microseconds per ``unit``, the
-    unprofiled median, because the profiler itself slows the code down.
+    Shares of the profile are scaled to ``unit_cost``, the unprofiled median cost in
+    ``unit`` (such as "us/node"), because the profiler itself slows the code down.
     """
     total = sum(profile.seconds_by_category.values()) or 1.0
     categories = Table(
         f"Profile: {title}",
-        ["where the time goes", "share", f"us/{unit} (of {unit_cost:.1f})"],
+        ["where the time goes", "share", f"{unit} (of {unit_cost:.1f})"],
     )
     for name, seconds in sorted(profile.seconds_by_category.items(), key=lambda kv: -kv[1]):
         share = seconds / total
@@ -441,7 +458,7 @@ def profile_tables(
     functions = Table(
         f"Profile: {title}, project functions by own time (callees outside the listed "
         "packages included)",
-        ["function", "share", f"us/{unit}"],
+        ["function", "share", unit],
     )
     ranked = sorted(profile.seconds_by_function.items(), key=lambda kv: -kv[1])[:top]
     for name, seconds in ranked:

@@ -1,9 +1,9 @@
 """Dashboard fan-out: events per second relayed to SSE clients, and end-to-end latency.
 
-The dashboard runs in this process (``create_app`` and ``start_in_thread``);
-its SSE clients are httpx streams on one asyncio loop in a child process
-(``python -m benchmarks.fanout --client ...``), so the clients do not take
-the server's GIL.
+The dashboard runs in this process (``create_app`` and ``start_in_thread``).
+Its SSE clients are httpx streams on one asyncio loop in a child process
+(``python -m benchmarks.fanout --client ...``), so that the clients do not
+compete with the server for its GIL.
 
 Throughput: prebuilt schema events are published to the dashboard's
 ``EventBus`` in batches of 512, as an exporter would, and every client counts
@@ -65,6 +65,8 @@ LATENCY_CLIENTS = 50
 PUBLISH_BATCH = 512
 CLIENT_READY_TIMEOUT_SECONDS = 30.0
 COMPLETED_MARKER = b'"event_name":"node_completed"'
+DATA_MARKER = b"\ndata:"
+RESET_MARKER = b"\nevent: reset"
 
 
 # Client side, run in the child process.
@@ -82,15 +84,15 @@ async def _count_events(
         connected.put_nowait(None)
         async for chunk in response.aiter_bytes():
             text = tail + chunk
-            found = text.count(b"\ndata:")
+            # A marker that lies wholly in the tail was counted with the previous chunk.
+            found = text.count(DATA_MARKER) - tail.count(DATA_MARKER)
             if found:
                 last = time.time()
                 first = first or last
                 count += found
-            resets += text.count(b"\nevent: reset")
-            # Keep the end of the chunk, so that a marker split across two chunks is found.
-            # Fewer than len(b"\nevent: reset") bytes cannot hold a complete marker.
-            tail = text[-12:]
+            resets += text.count(RESET_MARKER) - tail.count(RESET_MARKER)
+            # The tail carries a marker that a chunk boundary splits into the next chunk.
+            tail = text[-len(RESET_MARKER) :]
             if count >= expected:
                 break
     return {"count": count, "resets": resets, "first": first, "last": last}
@@ -226,20 +228,28 @@ def _chunks(events: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, 
 def measure_fanout(
     server_url: str, bus: EventBus, clients: int, events: list[dict[str, Any]]
 ) -> dict[str, float]:
+    """Publish ``events`` to ``bus`` while ``clients`` SSE clients listen; return the rates.
+
+    Raises:
+        RuntimeError: a client failed, timed out or received fewer events than published.
+    """
     expected = len(events)
     process = ClientProcess(f"{server_url}/api/events", clients, "count", expected, timeout=120)
     process.wait_ready()
+
     if not wait_until(lambda: bus.subscriber_count >= clients, 10):
         process.kill()
         raise RuntimeError(
             f"the dashboard has {bus.subscriber_count} subscribers, expected {clients}"
         )
+
     server_cpu = psutil.Process().cpu_times()
     started = time.time()
     for batch in _chunks(events, PUBLISH_BATCH):
         bus.publish_many(batch)
     outcome = process.result()
     server_cpu_after = psutil.Process().cpu_times()
+
     results = outcome["results"]
     if outcome["errors"] or outcome["timed_out"] or len(results) != clients:
         raise RuntimeError(
@@ -249,6 +259,7 @@ def measure_fanout(
     if min(counts) < expected:
         raise RuntimeError(f"an SSE client received {min(counts)} of {expected} events")
     elapsed = max(result["last"] for result in results) - started
+    firsts = sorted(result["first"] - started for result in results)
     # The server's CPU time runs until the client process has exited, a little past
     # the last event, so its share is an upper bound.
     server_seconds = (server_cpu_after.user + server_cpu_after.system) - (
@@ -260,6 +271,8 @@ def measure_fanout(
         "resets": sum(result["resets"] for result in results),
         "server_cpu": server_seconds / elapsed,
         "client_cpu": outcome["cpu_seconds"] / elapsed,
+        "first_median": percentile(firsts, 0.5),
+        "first_max": firsts[-1],
     }
 
 
@@ -391,7 +404,8 @@ def _report(
         f"SSE fan-out from the dashboard's EventBus, {deliveries:,} deliveries per measurement, "
         f"{reps} repetitions",
         ["clients", "events/s per client (median)", "deliveries/s (median)",
-         "per-client rate vs 1 client", "server CPU", "client CPU", "resets"],
+         "per-client rate vs 1 client", "first event ms (median client)",
+         "first event ms (last client)", "server CPU", "client CPU", "resets"],
     )  # fmt: skip
     single = [sample["per_client"] for sample in rates[1]]
     for clients, samples in rates.items():
@@ -401,13 +415,17 @@ def _report(
             f"{median(per_client):,.0f}",
             f"{median([sample['deliveries'] for sample in samples]):,.0f}",
             f"{median(round_ratios(per_client, single)):.3f}",
+            f"{median([sample['first_median'] for sample in samples]) * 1000:.0f}",
+            f"{median([sample['first_max'] for sample in samples]) * 1000:.0f}",
             f"{median([sample['server_cpu'] for sample in samples]) * 100:.0f}%",
             f"{median([sample['client_cpu'] for sample in samples]) * 100:.0f}%",
             int(sum(sample["resets"] for sample in samples)),
         )
     fanout.notes.append(
         "Clients and server share this machine's CPUs; the clients run in one child process. "
-        "CPU columns are process CPU time over the measured interval (100% = one core)."
+        "CPU columns are process CPU time over the measured interval (100% = one core). "
+        "First event = time from the first publish to a client's first event; the per-client "
+        "rate uses the time until the last client received its last event."
     )
 
     latency_table = Table(

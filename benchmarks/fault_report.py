@@ -15,8 +15,8 @@ repetitions of every scenario:
   after deduplication by ``webhook-id``);
 - counted: the events the exporter's ``stats()`` reports as dropped;
 - slowdown: the instrumented run's wall time with the fault divided by the
-  wall time of the uninstrumented run just before it; the median and range of
-  the repetitions.
+  wall time of the uninstrumented run just before it. The table shows the
+  median and the range over the repetitions.
 
 Backends are real: redis-server processes on loopback ports and HTTP receivers
 on 127.0.0.1. The fault injectors and receivers are the ones the tests use
@@ -177,6 +177,7 @@ def redis_row(
     exporter = live_exporter(provider)
     collector = PubSubCollector(server.url, channel)
     hook = at_node(FAULT_AT_NODE, hook_action(exporter)) if hook_action else None
+
     measured = measure(provider, correlation_id, sleepy_flow, hook)
     provider.force_flush(int(WAIT_S * 1000))
     server.start()
@@ -184,9 +185,10 @@ def redis_row(
     time.sleep(0.2)
     collector.close()
     provider.shutdown()
+
     published = {event["event_id"] for event in collector.events}
     stream = stream_events(server.port, f"kaygraph:stream:{correlation_id}")
-    # The stream of a killed server is gone, so it holds what arrived after the restart.
+    # A killed server loses its stream, so the stream contains what arrived after the restart.
     received = published | {event["event_id"] for event in stream}
     produced = {event["event_id"] for event in measured.produced}
     stats = exporter.stats()
@@ -197,7 +199,7 @@ def redis_row(
         stats["dropped_events"],
         measured.wall_seconds,
         measured.baseline_seconds,
-        f"{note}; the run's stream holds {len(stream)} events; dropped by reason: "
+        f"{note}; the run's stream contains {len(stream)} events; dropped by reason: "
         f"{stats['dropped_by_reason'] or 'none'}",
     )
 
@@ -353,7 +355,7 @@ def webhook_rows() -> list[Row]:
         rows.append(row)
 
     silent_faults = (
-        ("hang", "webhook accepts the connection and never answers"),
+        ("hang", "webhook accepts the connection and never responds"),
         ("reset", "webhook resets the connection (SO_LINGER 0)"),
     )
     for mode, fault in silent_faults:
@@ -370,7 +372,7 @@ def webhook_rows() -> list[Row]:
     secret = new_secret()
     with WebhookReceiver(default=Reply(200, delay=0.7)) as receiver:
         row, measured = webhook_row(
-            "webhook answers after the read timeout",
+            "webhook responds after the read timeout",
             "",
             receiver.url,
             secret,
@@ -380,18 +382,19 @@ def webhook_rows() -> list[Row]:
         requests = receiver.requests
         bodies = len({request.headers["webhook-id"] for request in requests})
         row.note = (
-            f"{len(requests)} requests carrying {bodies} distinct bodies reached the receiver, "
-            "which answered each after the 0.5 s read timeout; the exporter counts them as "
-            "dropped, and the circuit then opened"
+            f"{len(requests)} requests carrying {bodies} distinct "
+            f"{'body' if bodies == 1 else 'bodies'} reached the receiver, which responded to "
+            "each after the 0.5 s read timeout; the exporter counts them as dropped, and the "
+            "circuit then opened"
         )
         rows.append(row)
 
     secret = new_secret()
     with WebhookReceiver(default=Reply(410)) as receiver:
-        row, measured = webhook_row("webhook answers 410 Gone", "", receiver.url, secret, **fast)
+        row, measured = webhook_row("webhook responds 410 Gone", "", receiver.url, secret, **fast)
         row.lost = receiver_lost(receiver, secret, measured)
         row.note = (
-            f"{len(receiver.requests)} request reached the receiver, which answered 410; the "
+            f"{len(receiver.requests)} request reached the receiver, which responded 410; the "
             "exporter counts that body as dropped and sends nothing more"
         )
         rows.append(row)
@@ -430,9 +433,11 @@ def machine() -> str:
     )
 
 
-def span(values: list[int]) -> str:
-    low, high = min(values), max(values)
-    return str(low) if low == high else f"{low} to {high}"
+def per_run(values: list[int]) -> str:
+    """Return one value when all repetitions agree, else every repetition's value in order."""
+    if len(set(values)) == 1:
+        return str(values[0])
+    return ", ".join(str(value) for value in values)
 
 
 def markdown(runs: list[list[Row]], memory: dict[str, Any]) -> str:
@@ -443,7 +448,8 @@ def markdown(runs: list[list[Row]], memory: dict[str, Any]) -> str:
         f"Machine: {machine()}",
         "",
         "| fault | events produced | lost (measured at the backend) | counted as dropped by "
-        "`stats()` | slowdown (fault ÷ uninstrumented), median | notes (first repetition) |",
+        "`stats()` | slowdown (fault ÷ uninstrumented): median (range) | notes (first "
+        "repetition) |",
         "| --- | ---: | ---: | ---: | ---: | --- |",
     ]
     for repetitions in zip(*runs, strict=True):
@@ -452,9 +458,9 @@ def markdown(runs: list[list[Row]], memory: dict[str, Any]) -> str:
         median = statistics.median(ratios)
         spread = f" ({ratios[0]:.2f} to {ratios[-1]:.2f})" if len(ratios) > 1 else ""
         lines.append(
-            f"| {first.fault} | {span([row.produced for row in repetitions])} | "
-            f"{span([row.lost for row in repetitions])} | "
-            f"{span([row.counted for row in repetitions])} | {median:.2f}{spread} | "
+            f"| {first.fault} | {per_run([row.produced for row in repetitions])} | "
+            f"{per_run([row.lost for row in repetitions])} | "
+            f"{per_run([row.counted for row in repetitions])} | {median:.2f}{spread} | "
             f"{first.note} |"
         )
     growth_1k = (memory["after_1k"] - memory["start"]) / 2**20
@@ -486,7 +492,7 @@ def redis_rows(server: RedisServer) -> list[Row]:
         redis_row(
             server,
             f"Redis paused for 3 s (CLIENT PAUSE) at node {FAULT_AT_NODE}",
-            "socket timeout 2 s (the default)",
+            "circuit: 2 failures, 0.3 s cool-down; socket timeout 2 s (the default)",
             hook_action=pause(server, 3000),
             breaker_failures=2,
             breaker_reset_seconds=0.3,

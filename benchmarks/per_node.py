@@ -18,6 +18,7 @@ The figure of merit is the instrumentation's added cost divided by the floor's.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pocketflow
@@ -53,12 +54,9 @@ from kaygraph_otel import attributes as attr
 NAME = "per_node"
 NODES = 100
 TARGET_RATIO = 1.2
-SDK_CASE = "instrumented, SDK, no export"
-REDIS_CASE = "instrumented, Redis live"
-FLOOR_OF = {
-    SDK_CASE: "floor: hand-made spans, SDK, no export",
-    REDIS_CASE: "floor: hand-made spans, Redis live",
-}
+BASE = "uninstrumented"
+FLOOR = "floor: hand-made spans"
+INSTRUMENTED = "instrumented"
 # Attributes that the instrumentation sets when a span ends rather than when it starts.
 _END_ATTRIBUTES = (attr.NEXT_NODE_ID, attr.STATE, attr.ACTION)
 
@@ -222,6 +220,19 @@ def _runner(flow: pocketflow.Flow, runs: int) -> Callable[[], None]:
     return run
 
 
+@dataclass
+class Group:
+    """One interleaved group: an uninstrumented baseline, a floor and an instrumented case."""
+
+    label: str
+    samples: dict[str, list[float]]
+    runs: int
+    rounds: int
+
+    def per_node_us(self, name: str) -> float:
+        return median(self.samples[name]) / (self.runs * NODES) * 1e6
+
+
 def _flushing(run: Callable[[], None], provider: TracerProvider) -> Callable[[], None]:
     def run_and_flush() -> None:
         run()
@@ -231,15 +242,28 @@ def _flushing(run: Callable[[], None], provider: TracerProvider) -> Callable[[],
     return run_and_flush
 
 
+def _timed_runs(
+    flow: pocketflow.Flow, runs: int, provider: TracerProvider | None, flush: bool
+) -> float:
+    """Time ``runs`` runs of ``flow`` after one untimed warm-up run (and its export)."""
+    body = _runner(flow, runs)
+    warmup = _runner(flow, 1)
+    if flush and provider is not None:
+        body = _flushing(body, provider)
+        warmup = _flushing(warmup, provider)
+    return timed(body, warmup)
+
+
+def _uninstrumented_case(flow: pocketflow.Flow, runs: int) -> Callable[[], float]:
+    return lambda: _timed_runs(flow, runs, None, False)
+
+
 def _instrumented_case(
     flow: pocketflow.Flow, runs: int, provider: TracerProvider, flush: bool
 ) -> Callable[[], float]:
-    run = _runner(flow, runs)
-    body = _flushing(run, provider) if flush else run
-
     def case() -> float:
         with instrumented(provider):
-            return timed(body)
+            return _timed_runs(flow, runs, provider, flush)
 
     return case
 
@@ -248,118 +272,125 @@ def _floor_case(
     flow: HandTracedFlow, runs: int, provider: TracerProvider, flush: bool
 ) -> Callable[[], float]:
     tracer = provider.get_tracer("benchmarks.floor")
-    run = _runner(flow, runs)
-    body = _flushing(run, provider) if flush else run
 
     def case() -> float:
         set_tracer(flow, tracer)
-        return timed(body)
+        return _timed_runs(flow, runs, provider, flush)
 
     return case
 
 
 def run(options: Options) -> Result:
-    runs, rounds = (3, 3) if options.quick else (10, 31)
+    sdk_runs, sdk_rounds = (3, 5) if options.quick else (20, 61)
+    redis_runs, redis_rounds = (3, 3) if options.quick else (10, 21)
     plain = noop_flow(NODES)
     floor = hand_traced_flow([HandTracedNode() for _ in range(NODES)], noop_flow(NODES))
+
+    # The SDK cases and the Redis cases run as two interleaved groups, each with its
+    # own uninstrumented baseline, so that the short SDK cases are paired with each
+    # other and not spread between the much longer Redis cases.
     sdk = sdk_provider()
+    sdk_cases = {
+        BASE: _uninstrumented_case(plain, sdk_runs),
+        FLOOR: _floor_case(floor, sdk_runs, sdk, False),
+        INSTRUMENTED: _instrumented_case(plain, sdk_runs, sdk, False),
+    }
+    sdk_samples = interleaved(sdk_cases, sdk_rounds)
+    sdk.shutdown()
 
     with RedisServer() as server:
         live = redis_provider(server.url)
         published_before = server.publish_calls()
-        cases = {
-            "uninstrumented": lambda: timed(_runner(plain, runs)),
-            FLOOR_OF[SDK_CASE]: _floor_case(floor, runs, sdk, False),
-            SDK_CASE: _instrumented_case(plain, runs, sdk, False),
-            FLOOR_OF[REDIS_CASE]: _floor_case(floor, runs, live, True),
-            REDIS_CASE: _instrumented_case(plain, runs, live, True),
+        redis_cases = {
+            BASE: _uninstrumented_case(plain, redis_runs),
+            FLOOR: _floor_case(floor, redis_runs, live, True),
+            INSTRUMENTED: _instrumented_case(plain, redis_runs, live, True),
         }
-        samples = interleaved(cases, rounds)
+        redis_samples = interleaved(redis_cases, redis_rounds)
         published = server.publish_calls() - published_before
         live.shutdown()
-    sdk.shutdown()
 
-    result = _report(samples, runs, rounds, published)
+    # Both Redis cases publish in every round, the warm-up round included, and each
+    # measurement adds one warm-up run.
+    nodes_published = 2 * (redis_rounds + 1) * (redis_runs + 1) * NODES
+    groups = [
+        Group("SDK without export", sdk_samples, sdk_runs, sdk_rounds),
+        Group("Redis live", redis_samples, redis_runs, redis_rounds),
+    ]
+    result = _report(groups, published / nodes_published)
     if options.profile:
-        per_node = {name: median(values) / (runs * NODES) * 1e6 for name, values in samples.items()}
-        profiled = profile_cases(plain, floor, runs * 5, per_node)
+        per_node = {
+            name: median(values) / (sdk_runs * NODES) * 1e6 for name, values in sdk_samples.items()
+        }
+        profiled = profile_cases(plain, floor, sdk_runs * 5, per_node)
         result.tables.extend(profiled.tables)
         result.texts.extend(profiled.texts)
     return result
 
 
-def _added_ratio(samples: dict[str, list[float]], case: str, floor: str) -> float:
-    """Return the median over rounds of (case - uninstrumented) / (floor - uninstrumented)."""
-    base = samples["uninstrumented"]
-    added = [value - reference for value, reference in zip(samples[case], base, strict=True)]
-    floor_added = [value - reference for value, reference in zip(samples[floor], base, strict=True)]
+def _round_added_ratio(samples: dict[str, list[float]]) -> float:
+    """Return the median over rounds of the instrumented added cost over the floor's."""
+    base = samples[BASE]
+    added = [
+        value - reference for value, reference in zip(samples[INSTRUMENTED], base, strict=True)
+    ]
+    floor_added = [value - reference for value, reference in zip(samples[FLOOR], base, strict=True)]
     return median(round_ratios(added, floor_added))
 
 
-def _report(samples: dict[str, list[float]], runs: int, rounds: int, published: int) -> Result:
-    per_node = {name: median(values) / (runs * NODES) * 1e6 for name, values in samples.items()}
-    base = per_node["uninstrumented"]
+def _report(groups: list[Group], events_per_node: float) -> Result:
     table = Table(
-        f"Per-node cost: {NODES} no-op nodes in a Flow, {runs} runs per round, {rounds} rounds",
-        ["case", "us/node (median)", "added us/node", "x uninstrumented", "added / floor added",
-         "spread (IQR/median)"],
+        f"Per-node cost: {NODES} no-op nodes in a Flow",
+        ["group", "case", "runs x rounds", "us/node (median)", "added us/node",
+         "added / floor added", "same, median of per-round ratios", "spread (IQR/median)"],
     )  # fmt: skip
-    ratios = {case: _added_ratio(samples, case, floor) for case, floor in FLOOR_OF.items()}
-    for name, value in per_node.items():
-        slowdown = median(round_ratios(samples[name], samples["uninstrumented"]))
-        table.add_row(
-            name,
-            f"{value:.2f}",
-            f"{value - base:.2f}",
-            f"{slowdown:.2f}",
-            f"{ratios[name]:.2f}" if name in ratios else "-",
-            f"{relative_spread(samples[name]) * 100:.1f}%",
+    findings: list[Finding] = []
+    for group in groups:
+        base = group.per_node_us(BASE)
+        added = group.per_node_us(INSTRUMENTED) - base
+        floor_added = group.per_node_us(FLOOR) - base
+        ratio = added / floor_added
+        for name in (BASE, FLOOR, INSTRUMENTED):
+            is_case = name == INSTRUMENTED
+            table.add_row(
+                group.label,
+                name,
+                f"{group.runs} x {group.rounds}",
+                f"{group.per_node_us(name):.2f}",
+                f"{group.per_node_us(name) - base:.2f}",
+                f"{ratio:.2f}" if is_case else "-",
+                f"{_round_added_ratio(group.samples):.2f}" if is_case else "-",
+                f"{relative_spread(group.samples[name]) * 100:.1f}%",
+            )
+        findings.append(
+            Finding(
+                NAME,
+                f"added cost per node, {group.label}",
+                f"{added:.1f} us (floor {floor_added:.1f} us)",
+            )
+        )
+        findings.append(
+            Finding(
+                NAME,
+                f"instrumentation / hand-made span, {group.label}",
+                f"{ratio:.2f}",
+                f"<= {TARGET_RATIO}",
+                ratio <= TARGET_RATIO,
+            )
         )
     table.notes.append(
-        "Ratios are medians over rounds of each round's ratio; added = case - uninstrumented "
-        "in the same round."
+        "added = case - uninstrumented of the same group; added / floor added uses the "
+        "medians. Every measurement follows one untimed warm-up run."
     )
-    # Both Redis cases publish, in every round including the warm-up round.
-    events_per_node = published / (2 * (rounds + 1) * runs * NODES)
     table.notes.append(
-        "Redis live rows include force_flush, so they cover encoding and publishing every "
-        f"event; Redis received {published} PUBLISH commands, {events_per_node:.2f} per node "
-        "(workflow events included)."
+        "Redis live cases are timed until force_flush returns, so they include encoding and "
+        f"publishing every event; Redis received {events_per_node:.2f} PUBLISH commands per "
+        "node (workflow events included)."
     )
-    sdk_ratio = ratios[SDK_CASE]
-    redis_ratio = ratios[REDIS_CASE]
-    findings = [
-        Finding(
-            NAME,
-            "added cost per node, SDK without export",
-            f"{per_node[SDK_CASE] - base:.1f} us "
-            f"(floor {per_node[FLOOR_OF[SDK_CASE]] - base:.1f} us)",
-        ),
-        Finding(
-            NAME,
-            "added cost per node, Redis live incl. flush",
-            f"{per_node[REDIS_CASE] - base:.1f} us "
-            f"(floor {per_node[FLOOR_OF[REDIS_CASE]] - base:.1f} us)",
-        ),
-        Finding(
-            NAME,
-            "instrumentation / hand-made span, SDK without export",
-            f"{sdk_ratio:.2f}",
-            f"<= {TARGET_RATIO}",
-            sdk_ratio <= TARGET_RATIO,
-        ),
-        Finding(
-            NAME,
-            "instrumentation / hand-made span, Redis live",
-            f"{redis_ratio:.2f}",
-            f"<= {TARGET_RATIO}",
-            redis_ratio <= TARGET_RATIO,
-        ),
-    ]
-    table.notes.append(
-        f"Target: added / floor added <= {TARGET_RATIO}; SDK: {verdict(findings[2].holds)}, "
-        f"Redis live: {verdict(findings[3].holds)}."
+    verdicts = ", ".join(
+        f"{f.figure.split(', ', 1)[1]}: {verdict(f.holds)}" for f in findings[1::2]
     )
+    table.notes.append(f"Target: added / floor added <= {TARGET_RATIO}; {verdicts}.")
     return Result([table], findings)
 
 
@@ -377,8 +408,8 @@ def profile_cases(
     if instrumented_profile is None or floor_profile is None:
         result.texts.append("pyinstrument is not installed, so --profile printed nothing.")
         return result
-    for case, profile in ((SDK_CASE, instrumented_profile), (FLOOR_OF[SDK_CASE], floor_profile)):
-        title = f"{case}, {runs} runs of {NODES} nodes"
-        result.tables.extend(profile_tables(title, profile, per_node[case], "node"))
+    for case, profile in ((INSTRUMENTED, instrumented_profile), (FLOOR, floor_profile)):
+        title = f"{case}, SDK without export, {runs} runs of {NODES} nodes"
+        result.tables.extend(profile_tables(title, profile, per_node[case], "us/node"))
         result.texts.append(f"pyinstrument call tree, {title}\n{profile.tree}")
     return result

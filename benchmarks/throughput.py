@@ -12,10 +12,11 @@ Cases, interleaved:
 - ``RedisEventExporter.export`` into a real redis-server that one ``redis-cli``
   subscriber listens to;
 - when ``kaygraph_otel_exporters.webhook.WebhookSpanExporter`` exists, its
-  ``export`` followed by ``force_flush`` (it delivers on its own thread) into a
-  uvicorn receiver in another process, next to raw httpx POSTs of the same
-  events as ``{"events": [...]}`` bodies of at most 256 KiB, the exporter's
-  default body limit, without signatures.
+  ``export`` followed by ``force_flush`` into a uvicorn receiver in another
+  process. The flush is part of the measurement because the exporter delivers
+  on its own thread. Next to it, raw httpx POSTs send the same events as
+  unsigned ``{"events": [...]}`` bodies of at most 256 KiB, the exporter's
+  default body limit.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ WEBHOOK_BODY_BYTES = 256 * 1024
 
 
 async def receiver_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """A minimal ASGI webhook receiver: read the whole body, reply 204 No Content."""
+    """Read the whole request body and reply 204 No Content: a minimal webhook receiver."""
     if scope["type"] != "http":
         return
     more = True
@@ -221,7 +222,7 @@ class _Receiver:
         if not wait_until(ready, RECEIVER_START_TIMEOUT_SECONDS, interval=0.1):
             self.close()
             raise RuntimeError(
-                f"the webhook receiver on port {self.port} did not answer within "
+                f"the webhook receiver on port {self.port} did not respond within "
                 f"{RECEIVER_START_TIMEOUT_SECONDS} s"
             )
 
@@ -315,7 +316,7 @@ def run(options: Options) -> Result:
                 break
             cost = median(samples[case]) / events * 1e6
             title = f"{case}, {len(spans)} spans"
-            result.tables.extend(profile_tables(title, profile, cost, "event"))
+            result.tables.extend(profile_tables(title, profile, cost, "us/event"))
             result.texts.append(f"pyinstrument call tree, {title}\n{profile.tree}")
     return result
 

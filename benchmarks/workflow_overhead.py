@@ -32,6 +32,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from benchmarks._common import (
     Finding,
     Options,
+    Profile,
     RedisServer,
     Result,
     Table,
@@ -39,11 +40,12 @@ from benchmarks._common import (
     instrumented,
     interleaved,
     median,
+    profile_call,
+    profile_tables,
     redis_provider,
-    round_ratios,
     timed,
 )
-from benchmarks.per_node import HandTracedNode, hand_traced_flow
+from benchmarks.per_node import HandTracedNode, hand_traced_flow, set_tracer
 from kaygraph_otel_dashboard.demo import run_once
 from kaygraph_otel_dashboard.demo_pipeline import Pipeline, build_pipeline
 
@@ -54,6 +56,8 @@ BASE = "uninstrumented"
 LIVE = "instrumented, Redis live"
 FLOOR = "floor: hand-made spans, Redis live"
 OVERHEAD_LIMIT_PERCENT = 1.0
+# Graphs whose single run takes this long or longer skip the floor case, to bound the runtime.
+FLOOR_MAX_RUN_SECONDS = 2.0
 
 
 def busy_wait(seconds: float) -> None:
@@ -85,9 +89,14 @@ def work_flow(size: int, seconds: float, busy: bool) -> pocketflow.Flow:
     return chain([WorkNode(seconds, busy) for _ in range(size)])
 
 
-def floor_work_flow(size: int, seconds: float, busy: bool) -> pocketflow.Flow:
+def floor_work_flow(
+    size: int, seconds: float, busy: bool, provider: TracerProvider
+) -> pocketflow.Flow:
+    """Build the floor version of ``work_flow``, making its spans with ``provider``."""
     nodes = [HandTracedWorkNode(seconds, busy) for _ in range(size)]
-    return hand_traced_flow(nodes, work_flow(size, seconds, busy))
+    flow = hand_traced_flow(nodes, work_flow(size, seconds, busy))
+    set_tracer(flow, provider.get_tracer("benchmarks.floor"))
+    return flow
 
 
 def _repeat(flow: pocketflow.Flow, runs: int) -> Callable[[], None]:
@@ -122,8 +131,8 @@ def _cases(
 
 
 def _overhead(samples: dict[str, list[float]], case: str) -> float:
-    """Return the overhead of ``case`` in percent: the median of per-round ratios, minus 1."""
-    return (median(round_ratios(samples[case], samples[BASE])) - 1) * 100
+    """Return the overhead of ``case`` over the uninstrumented case in percent, from medians."""
+    return (median(samples[case]) / median(samples[BASE]) - 1) * 100
 
 
 def measure_demo(provider: TracerProvider, reps: int, files: int) -> dict[str, list[float]]:
@@ -136,19 +145,30 @@ def measure_demo(provider: TracerProvider, reps: int, files: int) -> dict[str, l
         return interleaved(_cases(run, provider, None), reps)
 
 
+def profile_demo(provider: TracerProvider, files: int) -> Profile | None:
+    """Profile one instrumented run of the demo pipeline (the main thread only)."""
+    pipeline: Pipeline = build_pipeline("pocketflow", pocketflow)
+    with tempfile.TemporaryDirectory(prefix="kaygraph-bench-reports-") as report_dir:
+        with instrumented(provider):
+            run_once(pipeline, 0, files, Path(report_dir))
+            profile = profile_call(lambda: run_once(pipeline, 0, files, Path(report_dir)))
+        provider.force_flush(30_000)
+    return profile
+
+
 def _plan(size: int, seconds: float, quick: bool) -> tuple[int, int, int]:
     """Return (graph runs per repetition, repetitions, warm-up rounds) for one cell.
 
     Cells whose single run takes seconds get fewer repetitions and no warm-up,
     which keeps the full benchmark near three minutes.
     """
-    min_rep_seconds = 0.05 if quick else 0.25
+    min_rep_seconds = 0.05 if quick else 0.1
     one_run = size * seconds
     runs = max(1, math.ceil(min_rep_seconds / one_run))
     if quick:
         return runs, 2, 1
     if one_run >= 2:
-        return runs, 2, 0
+        return runs, 3, 0
     if one_run >= 0.3:
         return runs, 5, 1
     return runs, 7, 1
@@ -166,6 +186,7 @@ def run(options: Options) -> Result:
     with RedisServer() as server:
         provider = redis_provider(server.url)
         demo = measure_demo(provider, demo_reps, demo_files)
+        demo_profile = profile_demo(provider, demo_files) if options.profile else None
         for mode in ("sleep", "busy-wait"):
             busy = mode == "busy-wait"
             for size in GRAPH_SIZES:
@@ -173,11 +194,22 @@ def run(options: Options) -> Result:
                     seconds = duration_ms / 1000
                     runs, reps, warmup = _plan(size, seconds, options.quick)
                     plain = _repeat(work_flow(size, seconds, busy), runs)
-                    floor = _repeat(floor_work_flow(size, seconds, busy), runs)
+                    floor = None
+                    if size * seconds < FLOOR_MAX_RUN_SECONDS:
+                        floor = _repeat(floor_work_flow(size, seconds, busy, provider), runs)
                     samples = interleaved(_cases(plain, provider, floor), reps, warmup=warmup)
                     cells[(mode, size, duration_ms)] = (runs, reps, samples)
         provider.shutdown()
-    return _report(demo, demo_files, demo_reps, cells, durations_ms)
+    result = _report(demo, demo_files, demo_reps, cells, durations_ms)
+    if options.profile:
+        if demo_profile is None:
+            result.texts.append("pyinstrument is not installed, so --profile printed nothing.")
+        else:
+            title = f"demo pipeline, {demo_files} files, instrumented, Redis live"
+            cost = median(demo[LIVE]) * 1000
+            result.tables.extend(profile_tables(title, demo_profile, cost, "ms/run"))
+            result.texts.append(f"pyinstrument call tree, {title}\n{demo_profile.tree}")
+    return result
 
 
 def _report(
@@ -194,10 +226,7 @@ def _report(
     )
     demo_table.add_row(BASE, f"{median(demo[BASE]):.3f}", "-")
     demo_table.add_row(LIVE, f"{median(demo[LIVE]):.3f}", f"{demo_overhead:+.2f}%")
-    demo_table.notes.append(
-        "Overheads are medians over repetitions of each repetition's ratio to the "
-        "uninstrumented run next to it."
-    )
+    demo_table.notes.append("The overhead compares the medians.")
 
     table = Table(
         "Linear graphs with the live Redis exporter",
@@ -210,18 +239,23 @@ def _report(
         base = median(samples[BASE])
         overheads[(mode, size, duration_ms)] = _overhead(samples, LIVE)
         nodes_per_rep = runs * size
+        floor_added = floor_overhead = "-"
+        if FLOOR in samples:
+            floor_added = f"{(median(samples[FLOOR]) - base) / nodes_per_rep * 1e6:.1f}"
+            floor_overhead = f"{_overhead(samples, FLOOR):+.2f}%"
         table.add_row(
             mode, size, f"{duration_ms:g} ms", f"{runs} x {reps}", f"{base:.4f}",
             f"{median(samples[LIVE]):.4f}",
             f"{(median(samples[LIVE]) - base) / nodes_per_rep * 1e6:.1f}",
             f"{overheads[(mode, size, duration_ms)]:+.2f}%",
-            f"{(median(samples[FLOOR]) - base) / nodes_per_rep * 1e6:.1f}",
-            f"{_overhead(samples, FLOOR):+.2f}%",
+            floor_added,
+            floor_overhead,
         )  # fmt: skip
     table.notes.append(
         "sleep = time.sleep in exec (GIL released, like I/O); busy-wait = a perf_counter loop "
         "in exec (GIL held, like CPU-bound work). Floor = hand-made spans of the same shape "
-        "through the same exporter. Overheads are medians of per-repetition ratios."
+        "through the same exporter (not run for graphs whose run takes 2 s or more). "
+        "Overheads compare the medians."
     )
 
     findings = [

@@ -167,7 +167,7 @@ def create_app(
         max_body_bytes: the largest OTLP request body accepted, before and after
             gzip decompression; larger ones get 413.
         max_runs: how many runs the run store keeps.
-        metrics_window: the longest metrics window in seconds.
+        metrics_window: the maximum metrics window in seconds.
         token: when set, every request except for static files must carry it as
             ``Authorization: Bearer <token>`` or ``?token=<token>``.
 
@@ -219,8 +219,9 @@ def _routes() -> list[Route | Mount]:
         Route("/api/events", events_endpoint, methods=["GET"]),
         Route("/api/state", routes.recent_state, methods=["GET"]),
         Route("/api/runs", routes.list_runs, methods=["GET"]),
-        Route("/api/runs/{correlation_id}", routes.run_detail, methods=["GET"]),
-        Route("/api/runs/{correlation_id}/graph", routes.run_graph, methods=["GET"]),
+        # A run id may contain "/", so the graph route comes first and both take paths.
+        Route("/api/runs/{correlation_id:path}/graph", routes.run_graph, methods=["GET"]),
+        Route("/api/runs/{correlation_id:path}", routes.run_detail, methods=["GET"]),
         Route("/api/metrics", routes.metrics, methods=["GET"]),
         Route("/healthz", routes.health, methods=["GET"]),
         Route("/v1/traces", traces_endpoint, methods=["POST"]),
@@ -231,7 +232,7 @@ def _routes() -> list[Route | Mount]:
 def _lifespan(state: DashboardState) -> Any:
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        # The feed subscribes first, so that it sees every event the relay and the
+        # The feed subscribes first, so that it receives every event the relay and the
         # history loader publish.
         state.feed.start()
         if state.relay is not None:

@@ -15,10 +15,14 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
+from types import FrameType
 
-from kaygraph_otel_dashboard.app import ConfigurationError, create_app
+from kaygraph_otel_dashboard.app import DEFAULT_HISTORY_RUNS, ConfigurationError, create_app
+from kaygraph_otel_dashboard.otlp import DEFAULT_MAX_BODY_BYTES
 from kaygraph_otel_dashboard.relay import DEFAULT_CHANNEL
 from kaygraph_otel_dashboard.server import DEFAULT_HOST, DEFAULT_PORT, serve
 
@@ -55,6 +59,13 @@ def _count(text: str) -> int:
         raise argparse.ArgumentTypeError(f"invalid count {text!r}: expected a number") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"invalid count {value}: expected 0 or more")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = _count(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("invalid value 0: expected 1 or more")
     return value
 
 
@@ -108,6 +119,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env(ENV_TOKEN),
         help=f"require this token on every request (default: ${ENV_TOKEN}); "
         "required when --host is not a loopback address",
+    )
+    dashboard.add_argument(
+        "--max-body-bytes",
+        type=_positive,
+        default=DEFAULT_MAX_BODY_BYTES,
+        help="largest OTLP request body accepted on /v1/traces, in bytes, before and after "
+        f"gzip decompression; larger ones get 413 (default: {DEFAULT_MAX_BODY_BYTES})",
+    )
+    dashboard.add_argument(
+        "--history-runs",
+        type=_count,
+        default=DEFAULT_HISTORY_RUNS,
+        help="with --redis-url, how many recently active runs to load from their Redis "
+        f"Streams at startup; 0 loads none (default: {DEFAULT_HISTORY_RUNS})",
     )
     dashboard.set_defaults(handler=_run_dashboard)
 
@@ -165,6 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _TerminatedError(Exception):
+    """SIGTERM arrived while the dashboard was serving."""
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise _TerminatedError
+
+
 def _run_dashboard(args: argparse.Namespace) -> int:
     if args.redis_url is None:
         print(
@@ -172,17 +205,31 @@ def _run_dashboard(args: argparse.Namespace) -> int:
             "in this process; pass --redis-url to watch workflows that publish to Redis",
             file=sys.stderr,
         )
-    app = create_app(redis_url=args.redis_url, channel=args.channel, token=args.token)
+    app = create_app(
+        redis_url=args.redis_url,
+        channel=args.channel,
+        token=args.token,
+        max_body_bytes=args.max_body_bytes,
+        history_runs=args.history_runs,
+    )
 
     def announce(url: str) -> None:
         mode = f"Redis channel {args.channel}" if args.redis_url else "embedded mode"
         suffix = " (add ?token=<your token> to the URL)" if args.token else ""
         print(f"Dashboard ({mode}): {url}{suffix}; press Ctrl-C to stop", flush=True)
 
+    # uvicorn shuts down on SIGTERM and then raises the signal again with the handler
+    # that was installed before it started. With this handler the command returns 0
+    # after the clean shutdown instead of being killed by the default handler.
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
         serve(app, args.host, args.port, log_level=args.log_level, on_ready=announce)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _TerminatedError):
         pass
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

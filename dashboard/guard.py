@@ -86,8 +86,8 @@ class GuardMiddleware:
                     status_code=400,
                 )
             return None
-        path = scope["path"]
-        if path.startswith("/static/") or path == "/favicon.ico" or self._authorized(scope, headers):
+        public = scope["path"].startswith("/static/") or scope["path"] == "/favicon.ico"
+        if public or self._authorized(scope, headers):
             return None
         return JSONResponse(
             {

@@ -59,8 +59,8 @@ class RedisHistory:
         redis_url: URL of the Redis server that the exporter writes to.
         stream_prefix: the exporter's stream key prefix.
         runs_key: the exporter's sorted set of runs.
-        max_replay: the most events one replay returns; a longer gap is reported as
-            "no longer kept" so the browser reloads a snapshot instead.
+        max_replay: the maximum number of events one replay returns; a longer gap is
+            reported as "no longer kept", so the browser reloads a snapshot instead.
         scan_limit: how many of a run's newest entries are searched for the last
             event a browser received.
 
@@ -138,6 +138,9 @@ class RedisHistory:
         entries, or when more than ``max_replay`` events follow it. Events of
         other runs written in the same millisecond are included, so a caller may
         receive a few it already has and must drop duplicates by ``event_id``.
+        Each run's events keep their stream order, but stream ids cannot order
+        entries of different runs written in the same millisecond, so those
+        follow one another by run id.
         """
         anchor = await self._find(correlation_id, event_id)
         if anchor is None:

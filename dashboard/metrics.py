@@ -57,7 +57,7 @@ class NodeMetrics:
     executions, and "item" for batch items.
 
     Args:
-        window_seconds: the longest window a query may ask for.
+        window_seconds: the maximum window a query may request.
         bucket_seconds: the width of one time bucket; a window is a whole number
             of buckets, so its edge moves in steps of this size.
         relative_accuracy: the DDSketch relative accuracy of the percentiles.
@@ -106,11 +106,13 @@ class NodeMetrics:
         when = now if when is None or when > now else when
         if when < now - self.window_seconds:
             return
+
         tally = self._tally(int(when // self.bucket_seconds), str(event.get("node_type", "")), kind)
         data = event.get("data") if isinstance(event.get("data"), dict) else {}
         if name == "retry_attempted":
             tally.retries += 1
             return
+
         metrics = data.get("metrics") if isinstance(data.get("metrics"), dict) else {}
         duration = metrics.get("duration_ms")
         if isinstance(duration, bool) or not isinstance(duration, (int, float)):

@@ -8,7 +8,7 @@ into schema events with the exporters' encoder, and publishes them on the
 dashboard's bus. Spans of other instrumentations are accepted and ignored.
 
 A body larger than ``max_body_bytes``, before or after gzip decompression, is
-rejected with 413. Errors are answered with a ``google.rpc.Status`` message in
+rejected with 413. An error response carries a ``google.rpc.Status`` message in
 the request's encoding, as OTLP/HTTP specifies.
 """
 

@@ -5,6 +5,7 @@
 - ``GET /api/runs?limit=N``: run summaries, the most recently started first.
 - ``GET /api/runs/{correlation_id}``: one run's summary, events and spans.
 - ``GET /api/runs/{correlation_id}/graph``: its graph with node states and edge counts.
+  NOTE: a run whose id itself ends in ``/graph`` can only be read through this route.
 - ``GET /api/metrics?window=S``: per node type latency, errors, retries and throughput.
 - ``GET /healthz``: status, mode and counters.
 """

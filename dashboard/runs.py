@@ -1,6 +1,6 @@
 """The dashboard's model of workflow runs, built from schema events as they arrive.
 
-One ``RunRecord`` per ``correlation_id`` holds the run's graph structure (from
+One ``RunRecord`` per ``correlation_id`` contains the run's graph structure (from
 its ``workflow_started`` event), the display state of every node, how often
 each edge was taken (``transition`` events), its spans (from ``data.span_id``)
 and its most recent events. ``RunStore`` keeps a bounded number of runs and
@@ -126,6 +126,7 @@ class SpanRecord:
     state: str = "running"
     retries: int = 0
     error: str = ""
+    start_seen: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -145,7 +146,7 @@ class SpanRecord:
 
 
 class RunRecord:
-    """Everything the dashboard knows about one workflow run.
+    """The state, graph, spans and recent events of one workflow run.
 
     Args:
         correlation_id: the run id that all of the run's events carry.
@@ -335,24 +336,33 @@ class RunRecord:
         if span is None:
             parent = data.get("parent_span_id")
             index = data.get("item_index")
+            kind = "node"
+            if workflow:
+                kind = "workflow"
+            elif isinstance(index, int):
+                kind = "item"
             span = SpanRecord(
                 span_id=span_id,
                 parent_span_id=parent if isinstance(parent, str) else None,
                 node_id=_text(event.get("node_id")),
                 node_type=_text(event.get("node_type")),
-                kind="workflow" if workflow else "item" if isinstance(index, int) else "node",
+                kind=kind,
                 item_index=index if isinstance(index, int) else None,
             )
             self.spans[span_id] = span
         if name in ("node_started", "workflow_started"):
             span.start = when
+            span.start_seen = True
         elif name == "execution_time":
             metrics = data.get("metrics") if isinstance(data.get("metrics"), dict) else {}
             duration = metrics.get("duration_ms")
             span.end = when
             if isinstance(duration, (int, float)) and not isinstance(duration, bool):
                 span.duration_ms = float(duration)
-                span.start = when - duration / 1000.0
+                # A started event gives the start; spans without one (batch items)
+                # start their duration before the end.
+                if not span.start_seen:
+                    span.start = when - duration / 1000.0
             state = data.get("state")
             span.state = state if state in _FINISHED_STATES else "completed"
         elif name in ("node_completed", "workflow_completed") and span.end is None:
@@ -389,7 +399,9 @@ class RunRecord:
         ended = self.ended_at
         if ended is None and status != "running":
             ended = self.last_event_at
-        reference = ended if ended is not None else (now if now is not None else time.time())
+        reference = ended
+        if reference is None:
+            reference = now if now is not None else time.time()
         duration = None if started is None else max(0.0, (reference - started) * 1000.0)
         node_ids = self._graph_ids or set(self.nodes)
         finished = sum(

@@ -9,8 +9,8 @@ events it missed first:
 1. from the bus's buffer, when the event is still in it;
 2. otherwise, in Redis mode, from the Redis Streams of the runs written since
    that event, which also covers a dashboard restart;
-3. otherwise an ``event: reset`` message tells it to reload a snapshot from
-   ``/api/state``.
+3. otherwise it gets an ``event: reset`` message, the signal to reload a
+   snapshot from ``/api/state``.
 
 A client whose queue overflows gets ``event: reset`` too. A client that stops
 reading is disconnected once one send has waited ``send_timeout`` seconds, and
@@ -85,7 +85,7 @@ def event_message(event: Event) -> ServerSentEvent | None:
 
 
 def reset_message(reason: str) -> ServerSentEvent:
-    """Return the ``event: reset`` message that tells the client to reload ``/api/state``."""
+    """Return the ``event: reset`` message, which asks the client to reload ``/api/state``."""
     data = json.dumps({"reason": reason, "state_url": STATE_URL}, separators=(",", ":"))
     return ServerSentEvent(data=data, event="reset")
 

@@ -118,7 +118,7 @@ class DeliveryQueue:
             self._condition.notify_all()
 
     def join(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for all deliveries to finish, and return whether they did."""
+        """Wait up to ``timeout`` seconds for all deliveries to finish; True if they did."""
         deadline = time.monotonic() + max(0.0, timeout)
         with self._condition:
             while self._unfinished:

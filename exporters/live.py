@@ -162,7 +162,8 @@ class LiveSpanProcessor(SpanProcessor):
             return
         include_started = bool(getattr(self._exporter, "include_started", False))
         count = len(encode_span(span, include_started=include_started))
-        drops.record(count, "queue_full", f"span queue holds max_queue_size={self._max_queue_size}")
+        message = f"span queue is full (max_queue_size={self._max_queue_size})"
+        drops.record(count, "queue_full", message)
 
     def shutdown(self) -> None:
         """Export the queue, then shut down the exporter, within ``shutdown_timeout_millis``."""

@@ -169,7 +169,8 @@ def configure(
         breaker_reset_seconds,
     )
     if schedule_delay_millis == DEFAULT_SCHEDULE_DELAY_MILLIS:
-        schedule_delay_millis = env_int(ENV_FLUSH_INTERVAL_MS, 1, "200") or schedule_delay_millis
+        from_env = env_int(ENV_FLUSH_INTERVAL_MS, 1, "200 (milliseconds)")
+        schedule_delay_millis = from_env or schedule_delay_millis
     if not isinstance(schedule_delay_millis, int) or schedule_delay_millis <= 0:
         raise ValueError(
             f"schedule_delay_millis must be a positive whole number of milliseconds, "

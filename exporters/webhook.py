@@ -94,7 +94,7 @@ class _RejectedError(Exception):
 
 
 class _RetryableError(Exception):
-    """The endpoint responded with a status worth retrying after ``retry_after`` seconds or backoff."""
+    """The endpoint responded with a status worth retrying; ``retry_after`` is its delay, if any."""
 
     def __init__(self, reason: str, status: int, retry_after: float | None) -> None:
         super().__init__(f"HTTP {status}")
@@ -253,7 +253,7 @@ class WebhookSpanExporter(SchemaEventExporter):
                 self.drops.record(
                     delivery.event_count,
                     "queue_full",
-                    f"delivery queue holds max_queue_bytes={self._max_queue_bytes}",
+                    f"delivery queue is full (max_queue_bytes={self._max_queue_bytes})",
                 )
                 result = SpanExportResult.FAILURE
         self._ensure_worker()

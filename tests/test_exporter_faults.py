@@ -124,8 +124,8 @@ def run_instrumented(
 ) -> InstrumentedRun:
     """Run ``flow`` instrumented with ``provider`` and return the events it produced.
 
-    A memory exporter on the same provider sees every span, so the produced events
-    are known whatever the exporter under test loses.
+    A memory exporter on the same provider receives every span, so the produced
+    events are known whatever the exporter under test loses.
     """
     memory = InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(memory))
@@ -257,6 +257,35 @@ class RedisOutage:
             admin.close()
 
 
+class NodeClock:
+    """A node hook that records when each node's ``exec`` starts and the circuit state then."""
+
+    def __init__(self, state: Callable[[], str]) -> None:
+        self._state = state
+        self.marks: list[tuple[int, float, str]] = []
+
+    def __call__(self, index: int) -> None:
+        self.marks.append((index, time.perf_counter(), self._state()))
+
+    def intervals(self, state: str, skip: frozenset[int] = frozenset()) -> list[float]:
+        """Return the times from each node's start to the next one's, where both saw ``state``.
+
+        Nodes in ``skip`` are left out, such as a node that waits for a fault injector.
+        """
+        return [
+            later[1] - earlier[1]
+            for earlier, later in zip(self.marks, self.marks[1:], strict=False)
+            if earlier[2] == state
+            and later[2] == state
+            and later[0] == earlier[0] + 1
+            and earlier[0] not in skip
+        ]
+
+    def mean_interval(self, state: str, skip: frozenset[int] = frozenset()) -> float:
+        intervals = self.intervals(state, skip)
+        return sum(intervals) / len(intervals) if intervals else float("nan")
+
+
 class ConnectAttempts(redis.Connection):
     """A real redis-py connection that records the circuit state at each connection attempt."""
 
@@ -273,13 +302,14 @@ class TestRedisKilledMidRun:
     def test_workflow_survives_and_losses_are_counted(
         self, redis_server: RedisServer, redis_url: str
     ) -> None:
-        baseline, baseline_wall = run_flow(chain_flow(NODE_COUNT, NODE_SLEEP_S))
+        baseline_clock = NodeClock(lambda: "uninstrumented")
+        baseline, baseline_wall = run_flow(chain_flow(NODE_COUNT, NODE_SLEEP_S, baseline_clock))
         channel = f"kaygraph:test:killed:{time.monotonic_ns()}"
         provider = configure(
             redis_url=redis_url,
             channel=channel,
             breaker_failures=2,
-            breaker_reset_seconds=0.3,
+            breaker_reset_seconds=0.5,
             schedule_delay_millis=10,
             set_global=False,
         )
@@ -296,13 +326,19 @@ class TestRedisKilledMidRun:
 
         exporter._send = recording_send
         outage = RedisOutage(redis_server, exporter)
+        clock = NodeClock(lambda: exporter.breaker.state)
+
+        def hook(index: int) -> None:
+            clock(index)
+            outage.hook(index)
+
         controller = threading.Thread(target=outage.run, daemon=True)
         collector = PubSubCollector(redis_url, channel)
         controller.start()
 
         try:
             run = run_instrumented(
-                provider, chain_flow(NODE_COUNT, NODE_SLEEP_S, outage.hook), "killed-run"
+                provider, chain_flow(NODE_COUNT, NODE_SLEEP_S, hook), "killed-run"
             )
             flushed = provider.force_flush(WAIT_S * 1000)
         finally:
@@ -320,12 +356,21 @@ class TestRedisKilledMidRun:
         produced_ids = {event["event_id"] for event in run.produced}
         received_ids = set(before_kill) | set(after_restart)
         lost = len(produced_ids - received_ids)
+        waiting_node = frozenset({RESUME_AT_NODE})
+        open_node_seconds = clock.mean_interval("open", waiting_node)
         print(
-            f"\nRedis killed at node {STOP_AT_NODE} of {NODE_COUNT}: produced "
+            f"\nPer-node time while the circuit was open: {open_node_seconds * 1000:.3f} ms "
+            f"over {len(clock.intervals('open', waiting_node))} nodes, uninstrumented "
+            f"{baseline_clock.mean_interval('uninstrumented') * 1000:.3f} ms (ratio "
+            f"{open_node_seconds / baseline_clock.mean_interval('uninstrumented'):.2f})"
+        )
+        print(
+            f"Redis killed at node {STOP_AT_NODE} of {NODE_COUNT}: produced "
             f"{len(produced_ids)}, received {len(received_ids)}, lost {lost}, counted "
             f"{stats['dropped_events']} {stats['dropped_by_reason']}; wall "
             f"{run.wall_seconds:.3f} s vs {baseline_wall:.3f} s uninstrumented "
-            f"(ratio {run.wall_seconds / baseline_wall:.2f}); window {outage.window}"
+            f"(ratio {run.wall_seconds / baseline_wall:.2f}, including node {RESUME_AT_NODE}'s "
+            f"wait for the restart); window {outage.window}"
         )
 
         assert outage.errors == []
@@ -350,6 +395,7 @@ class TestRedisKilledMidRun:
         assert outage.window.valid, outage.window
         assert outage.window.dropped_during > 0
         assert outage.window.after == outage.window.before
+        assert len(clock.intervals("open", waiting_node)) > 10
 
 
 class TestStalledSubscriber:
@@ -513,7 +559,7 @@ class TestWebhookFaults:
             flushed = exporter.force_flush(int(WAIT_S * 1000))
             exporter.shutdown()
 
-        # The receiver got the body twice; the webhook-id tells it the second is a repeat.
+        # The receiver got the body twice, and the shared webhook-id marks the second as a repeat.
         assert flushed is True
         assert len(server.requests) == 2
         deliveries = deliveries_by_id(server.requests, secret)
@@ -615,7 +661,7 @@ class TestProcessExit:
         assert result.returncode == 0, result.stderr
         assert lines["force_flush"] == "False"
         assert server.accepted >= 1
-        # The exporter's shutdown gave up on the hanging receiver and said so.
+        # The exporter's shutdown gave up on the hanging receiver and logged a warning.
         assert "shut down before delivering" in result.stderr
 
 

@@ -51,13 +51,13 @@ def new_secret() -> str:
 
 @dataclass(frozen=True)
 class Reply:
-    """How a ``WebhookReceiver`` answers one request.
+    """How a ``WebhookReceiver`` responds to one request.
 
     Attributes:
         status: the HTTP status code.
         headers: extra response headers, such as ``Retry-After`` or ``Location``.
-        delay: seconds to wait before answering.
-        hold: when set, the handler waits for this event (at most ``WAIT_S``) before answering.
+        delay: seconds to wait before responding.
+        hold: when set, the handler waits for this event (at most ``WAIT_S``) before responding.
     """
 
     status: int = 200
@@ -76,7 +76,7 @@ class ReceivedRequest:
 
 
 class WebhookReceiver:
-    """An HTTP/1.1 server on 127.0.0.1 that records every POST and answers from a script.
+    """An HTTP/1.1 server on 127.0.0.1 that records every POST and responds from a script.
 
     The n-th request gets the n-th scripted ``Reply``; once the script is used up,
     every request gets ``default``.
@@ -186,7 +186,7 @@ def deliveries_by_id(
 
 
 class SilentReceiver:
-    """A raw TCP server on 127.0.0.1 that reads each request and then never answers.
+    """A raw TCP server on 127.0.0.1 that reads each request and then never responds.
 
     ``mode="hang"`` keeps each connection open without a byte of reply until
     ``stop``; ``mode="reset"`` closes it with SO_LINGER 0, which sends a TCP RST.
@@ -355,15 +355,15 @@ class TestDelivery:
 
             assert exporter.export(first) is SpanExportResult.SUCCESS
             assert server.wait_for_requests(1)
-            # The receiver holds the first request, yet export returns at once.
+            # The receiver keeps the first request waiting, yet export returns at once.
             assert exporter.export(second) is SpanExportResult.SUCCESS
-            held = exporter.stats()
+            while_waiting = exporter.stats()
             release.set()
             assert exporter.force_flush(10_000) is True
             exporter.shutdown()
 
-        assert held["pending_deliveries"] == 2
-        assert held["exported_events"] == 0
+        assert while_waiting["pending_deliveries"] == 2
+        assert while_waiting["exported_events"] == 0
         assert len(server.requests) == 2
         assert exporter.stats()["exported_batches"] == 2
 

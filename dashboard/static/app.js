@@ -2,14 +2,14 @@
 // (runs, graph, timeline, node details, events, metrics) together, and keeps the
 // selected run, node and tab in the URL hash (#run=<correlation_id>&node=<node_id>).
 
-import { Connection } from "./js/connection.js";
-import { EventLog } from "./js/events.js";
-import { GraphView } from "./js/graph.js";
-import { MetricsView } from "./js/metrics.js";
-import { Model, nodeBadge, runCounts, runDuration, runName, runStatus } from "./js/model.js";
-import { RunList } from "./js/runs.js";
-import { TimelineView } from "./js/timeline.js";
-import { byId, copyText, fetchJson, formatDuration, html, shorten, text } from "./js/util.js";
+import { Connection } from "./connection.js";
+import { EventLog } from "./events.js";
+import { GraphView, warmUpLayout } from "./graph.js";
+import { MetricsView } from "./metrics.js";
+import { Model, nodeBadge, runCounts, runDuration, runName, runStatus } from "./model.js";
+import { RunList } from "./runs.js";
+import { TimelineView } from "./timeline.js";
+import { byId, copyText, fetchJson, formatDuration, html, shorten, text } from "./util.js";
 
 const TICK_MS = 500;
 const RATE_WINDOW_MS = 10000;
@@ -202,6 +202,13 @@ function renderRunHeader(run, now) {
   meta.title = run.id;
 }
 
+function stateLabel(node) {
+  if (!node) {
+    return "waiting";
+  }
+  return node.state === "handled" ? "error handled" : node.state;
+}
+
 function detailRow(name, value) {
   return [html("dt", {}, name), html("dd", {}, value)];
 }
@@ -223,9 +230,10 @@ function renderNodeDetail(run) {
   const spans = [...run.spans.values()].filter((span) => span.nodeId === selection.nodeId && span.kind === "node");
   const last = spans.filter((span) => Number.isFinite(span.durationMs)).sort((a, b) => b.end - a.end)[0];
   const stats = metrics.lookup(type, "node");
+
   const rows = [
     ...detailRow("type", type),
-    ...detailRow("state", node ? (node.state === "handled" ? "error handled" : node.state) : "waiting"),
+    ...detailRow("state", stateLabel(node)),
     ...detailRow("executions", text(node ? node.executions : 0)),
     ...detailRow("retries", text(node ? node.retries : 0)),
   ];
@@ -259,7 +267,8 @@ function renderRate(now) {
     arrivals.shift();
   }
   const rate = arrivals.length / (RATE_WINDOW_MS / 1000);
-  byId("event-rate").textContent = rate > 0 ? rate.toFixed(rate < 10 ? 1 : 0) + " events/s" : "";
+  const digits = rate < 10 ? 1 : 0;
+  byId("event-rate").textContent = rate > 0 ? rate.toFixed(digits) + " events/s" : "";
 }
 
 // ---- controls ----------------------------------------------------------------------
@@ -299,6 +308,7 @@ document.addEventListener("DOMContentLoaded", () => {
     }
   });
   window.addEventListener("hashchange", applyHash);
+  warmUpLayout();
   applyHash();
   connection.start();
   metrics.start();

@@ -6,7 +6,10 @@ import { byId, fetchJson, formatDuration, html, text } from "./util.js";
 const POLL_MS = 2000;
 
 function percent(value) {
-  return typeof value === "number" ? (value * 100).toFixed(value < 0.1 ? 1 : 0) + " %" : "";
+  if (typeof value !== "number") {
+    return "";
+  }
+  return (value * 100).toFixed(value < 0.1 ? 1 : 0) + " %";
 }
 
 export class MetricsView {

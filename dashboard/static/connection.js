@@ -5,7 +5,7 @@
 // event it received as Last-Event-ID, so the server replays what was missed.
 // When the EventSource gives up (for example after an HTTP error while the
 // server restarts), a new one is opened with that id as ?last_event_id=. The
-// server answers "event: reset" when it no longer has the missed events, and
+// server sends "event: reset" when it no longer has the missed events, and
 // the page then reloads the snapshot.
 
 import { apiUrl, byId, fetchJson } from "./util.js";

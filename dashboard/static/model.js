@@ -5,6 +5,10 @@
 // completed, and node_failed failed, or handled when the node's on_error
 // suppressed the error. Graph nodes without events are waiting. Batch item
 // events (data.item_index set) count items and never finish the batch node.
+//
+// NOTE: the live span processor sends a node's span events (its retries among
+// them) when the node's span ends, so "retrying" shows only when a retry event
+// arrives before the node's end, for example from a custom exporter.
 
 import { parseTime, text } from "./util.js";
 
@@ -108,6 +112,7 @@ export class Model {
       }
       this.remember(eventId);
     }
+
     const data = event.data && typeof event.data === "object" ? event.data : {};
     const time = parseTime(event.timestamp);
     const run = this.getRun(text(event.correlation_id), time);
@@ -117,6 +122,7 @@ export class Model {
       run.firstTime = Math.min(run.firstTime, time);
       run.lastTime = Math.max(run.lastTime, time);
     }
+
     if (data.graph) {
       mergeGraph(run, data.graph, event);
     }
@@ -310,6 +316,13 @@ function setNodeState(node, state, time) {
   }
 }
 
+function spanKind(workflow, itemIndex) {
+  if (workflow) {
+    return "workflow";
+  }
+  return itemIndex !== null ? "item" : "node";
+}
+
 function applySpan(run, event, data, time, workflow) {
   const spanId = data.span_id;
   if (typeof spanId !== "string" || !spanId) {
@@ -324,9 +337,10 @@ function applySpan(run, event, data, time, workflow) {
       parentId: typeof data.parent_span_id === "string" ? data.parent_span_id : null,
       nodeId: text(event.node_id),
       nodeType: text(event.node_type),
-      kind: workflow ? "workflow" : index !== null ? "item" : "node",
+      kind: spanKind(workflow, index),
       itemIndex: index,
       start: NaN,
+      startSeen: false,
       end: NaN,
       durationMs: NaN,
       state: "running",
@@ -337,6 +351,7 @@ function applySpan(run, event, data, time, workflow) {
   }
   if (name === "node_started" || name === "workflow_started") {
     span.start = time;
+    span.startSeen = true;
   } else if (name === "execution_time") {
     const duration = data.metrics && typeof data.metrics.duration_ms === "number"
       ? data.metrics.duration_ms
@@ -344,7 +359,11 @@ function applySpan(run, event, data, time, workflow) {
     span.end = time;
     if (Number.isFinite(duration)) {
       span.durationMs = duration;
-      span.start = time - duration;
+      // A started event gives the start; spans without one (batch items) start
+      // their duration before the end.
+      if (!span.startSeen) {
+        span.start = time - duration;
+      }
     }
     span.state = FINISHED.has(data.state) ? data.state : "completed";
   } else if ((name === "node_completed" || name === "workflow_completed") && !Number.isFinite(span.end)) {

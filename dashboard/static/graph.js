@@ -4,13 +4,13 @@
 //
 // Layout comes from ELK's layered algorithm (elkjs, loaded as the global ELK from
 // /static/vendor/elk.bundled.js, which `make install` builds). When that file is
-// missing, a plain column layout by distance from the start node is used instead
-// and the note under the graph says so.
+// missing, a plain column layout by distance from the start node is used instead,
+// and the note under the graph reports it.
 
 import { edgeKey, nodeBadge } from "./model.js";
 import { byId, html, shorten, svg, svgText } from "./util.js";
 
-const NODE_H = 64;
+const NODE_H = 74;
 const MIN_NODE_W = 128;
 const MAX_NODE_W = 250;
 const CHAR_W = 7.3;
@@ -20,7 +20,7 @@ const LABEL_CHAR_W = 6.4;
 const LABEL_H = 16;
 const MAX_ACTION_CHARS = 28;
 // A graph wider than its panel is scaled down to fit, but never below this
-// factor, so that labels stay readable; beyond it the panel scrolls.
+// factor, so that labels stay readable. Below it, the panel scrolls.
 const MIN_SCALE = 0.6;
 // The graph is laid out left to right and top to bottom, and the direction that
 // fits the panel (its width by this height) at the larger scale is drawn.
@@ -47,6 +47,17 @@ function layoutEngine() {
     elk = new window.ELK();
   }
   return elk;
+}
+
+// ELK's first layout is slow while the browser compiles its code, so a tiny graph
+// is laid out when the page loads and the first workflow is drawn sooner.
+export function warmUpLayout() {
+  const engine = layoutEngine();
+  if (engine !== null) {
+    engine
+      .layout({ id: "warm-up", layoutOptions: ELK_OPTIONS, children: [{ id: "a", width: 10, height: 10 }, { id: "b", width: 10, height: 10 }], edges: [{ id: "e", sources: ["a"], targets: ["b"] }] })
+      .catch((error) => console.warn("kaygraph-otel: ELK warm-up failed", error));
+  }
 }
 
 function nodeWidth(node) {
@@ -231,14 +242,9 @@ async function computeLayout(run, availableWidth) {
   }
 }
 
-// Characters of badge text that fit in a node beside its state label; a group's
-// badge has the bottom line to itself.
-function badgeChars(parts, state) {
-  if (parts.box.group) {
-    return Math.max(4, Math.floor((parts.box.w - 24) / 6.0));
-  }
-  const label = state === "handled" ? "error handled" : state;
-  return Math.max(3, Math.floor((parts.box.w - 30 - label.length * 6.6) / 6.0));
+// Characters of badge text that fit on a node's bottom line.
+function badgeChars(parts) {
+  return Math.max(4, Math.floor((parts.box.w - 24) / 6.0));
 }
 
 function pathData(points) {
@@ -258,7 +264,7 @@ export class GraphView {
     this.edgeElements = [];
     this.pending = 0;
     this.size = null;
-    window.addEventListener("resize", () => this.fit());
+    new ResizeObserver(() => this.fit()).observe(this.container);
     this.container.addEventListener("click", (event) => this.handleClick(event));
     this.container.addEventListener("keydown", (event) => {
       if (event.key === "Enter" || event.key === " ") {
@@ -431,8 +437,8 @@ export class GraphView {
       group.append(svg("rect", { class: "node-stripe", width: 5, height: box.h - 12, x: 0, y: 6, rx: 2 }));
       group.append(svgText(shorten(node.id, maxChars), { x: 14, y: 21, class: "node-id" }));
       group.append(svgText(shorten(node.type, Math.floor((box.w - 24) / 6.2)), { x: 14, y: 38, class: "node-type" }));
-      stateLabel = svgText("waiting", { x: 14, y: 56, class: "node-state" });
-      badge = svgText("", { x: box.w - 10, y: 56, class: "node-badge", "text-anchor": "end" });
+      stateLabel = svgText("waiting", { x: 14, y: 54, class: "node-state" });
+      badge = svgText("", { x: 14, y: 68, class: "node-badge" });
       group.append(stateLabel, badge);
     }
     this.nodeElements.set(node.id, { group: group, title: title, stateLabel: stateLabel, badge: badge, box: box, node: node });
@@ -447,7 +453,7 @@ export class GraphView {
         parts.group.dataset.state = state;
         parts.stateLabel.textContent = state === "handled" ? "error handled" : state;
       }
-      const badge = node ? shorten(nodeBadge(node), badgeChars(parts, state)) : "";
+      const badge = node ? shorten(nodeBadge(node), badgeChars(parts)) : "";
       if (parts.badge.textContent !== badge) {
         parts.badge.textContent = badge;
       }

@@ -120,6 +120,7 @@ export class TimelineView {
     // Positions are set through the CSSOM, which the page's style-src 'self' policy allows.
     bar.style.left = Math.min(99.6, left).toFixed(3) + "%";
     bar.style.width = Math.min(100 - Math.min(99.6, left), width).toFixed(3) + "%";
+
     const label = html(
       "span",
       { className: "span-label", title: spanLabel(span) + " (" + span.nodeType + ")" + (span.error ? "\n" + span.error : "") },

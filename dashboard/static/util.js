@@ -59,13 +59,15 @@ export function svgText(content, attributes) {
   return node;
 }
 
-// Returns Unix milliseconds. Date.parse is only specified for three fractional
-// digits, and events carry up to six.
+// Returns Unix milliseconds with the microseconds that events carry as a fraction.
+// Date.parse keeps at most milliseconds, so the seconds' fraction is added apart.
 export function parseTime(value) {
   if (typeof value !== "string") {
     return NaN;
   }
-  return Date.parse(value.replace(/(\.\d{3})\d+/, "$1"));
+  const fraction = /\.(\d+)/.exec(value);
+  const whole = Date.parse(value.replace(/\.\d+/, ""));
+  return fraction ? whole + Number("0." + fraction[1]) * 1000 : whole;
 }
 
 export function formatClock(ms) {
@@ -131,7 +133,7 @@ export async function copyText(value) {
     area.remove();
   }
   if (!copied) {
-    throw new Error("the browser refused to copy");
+    throw new Error("copying failed: the browser rejected document.execCommand(\"copy\")");
   }
   return "fallback";
 }
