@@ -1,7 +1,9 @@
 """Encoding of kaygraph-otel spans into schema events (see ``kaygraph_otel/event.schema.json``).
 
 A started span (``end_time`` None) yields its ``workflow_started`` or
-``node_started`` event. An ended span yields one event per span event whose
+``node_started`` event; an open span copied with ``kaygraph.live.first_event``
+yields the span events from that position on, which is how the live path
+reports progress before a span ends. An ended span yields one event per span event whose
 name is a schema event name, then an ``execution_time`` metric event and,
 when the node led to a successor, a ``transition`` event. Event ids are UUID5
 values derived from the trace id, span id and event position, so the same
@@ -169,7 +171,8 @@ def encode_started_span(span: ReadableSpan) -> Event | None:
 
 def encode_span(span: ReadableSpan, *, include_started: bool = True) -> list[Event]:
     """Return the schema events of one span, in order; an empty list for other spans."""
-    if span.end_time is None:
+    first_event = (span.attributes or {}).get(attr.LIVE_FIRST_EVENT)
+    if span.end_time is None and first_event is None:
         started = encode_started_span(span)
         return [started] if started is not None else []
     fields = _SpanFields(span)
@@ -178,10 +181,11 @@ def encode_span(span: ReadableSpan, *, include_started: bool = True) -> list[Eve
     events: list[Event] = []
     if fields.kind == "phase":
         started = encode_started_span(span) if include_started else None
-        return [started] if started is not None else []
+        return [started] if started is not None and span.end_time is not None else []
+    skip_before = first_event if isinstance(first_event, int) else 0
     for position, span_event in enumerate(span.events):
         name = span_event.name
-        if name not in attr.EVENT_TYPES:
+        if name not in attr.EVENT_TYPES or position < skip_before:
             continue
         key = f"{name}:0" if name in _STARTED else f"{name}:{position}"
         if name in _STARTED:
@@ -191,7 +195,8 @@ def encode_span(span: ReadableSpan, *, include_started: bool = True) -> list[Eve
         else:
             data = _event_data(name, span_event.attributes or {})
         events.append(fields.event(name, span_event.timestamp, key, data))
-    events.extend(_derived_events(span, fields))
+    if span.end_time is not None:
+        events.extend(_derived_events(span, fields))
     return events
 
 

@@ -9,6 +9,13 @@ span into the remaining events. Both go through the first-in, first-out queue
 of one SDK ``BatchSpanProcessor``, so the started event goes out with the next
 batch, and never after the events of the same span's end.
 
+While a span is open, a progress thread looks at it every
+``schedule_delay_millis`` and queues another pending copy that carries the
+events added since the last look (``kaygraph.live.first_event`` says which),
+so a retry or the start of ``exec`` in a long-running node shows up while the
+node runs. The ended span then carries the same marker, and the exporter skips
+the events that were already sent.
+
 The SDK's queue is bounded. When it is full, the processor drops the new span
 and, for exporters of schema events, counts its events as ``queue_full`` drops.
 ``force_flush`` and ``shutdown`` return within their time limits even when the
@@ -24,8 +31,10 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Protocol, TypeVar, runtime_checkable
 
@@ -33,13 +42,12 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
-from kaygraph_otel.attributes import NODE_KIND
+from kaygraph_otel.attributes import LIVE_FIRST_EVENT, NODE_KIND, PENDING
 from kaygraph_otel_exporters._drops import DropReporter
 from kaygraph_otel_exporters.encoder import encode_span
 
 logger = logging.getLogger(__name__)
 
-PENDING = "kaygraph.pending"
 DEFAULT_SHUTDOWN_TIMEOUT_MILLIS = 5000
 
 T = TypeVar("T")
@@ -117,6 +125,12 @@ class LiveSpanProcessor(SpanProcessor):
         )
         self._shutdown = False
         self._queue = _sdk_queue(self._batch)
+        self._open: dict[int, tuple[Span, int]] = {}
+        self._open_lock = threading.Lock()
+        self._progress_thread: threading.Thread | None = None
+        self._progress_stop = threading.Event()
+        reference = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _reset_after_fork(reference))
 
     @property
     def exporter(self) -> SpanExporter:
@@ -135,17 +149,56 @@ class LiveSpanProcessor(SpanProcessor):
         try:
             if not _is_sampled_kaygraph_span(span):
                 return
-            self._enqueue(_pending_copy(span))
+            self._enqueue(_pending_copy(span, None))
+            with self._open_lock:
+                self._open[span.context.span_id] = (span, 0)
+            if self._progress_thread is None:
+                self._start_progress_thread()
         except Exception:  # noqa: BLE001 - monitoring must never raise into the workflow
             logger.debug("Queueing the pending copy of span %r failed", span, exc_info=True)
 
     def on_end(self, span: ReadableSpan) -> None:
         """Queue ``span`` if it is a sampled kaygraph-otel span."""
         try:
-            if _is_sampled_kaygraph_span(span):
-                self._enqueue(span)
+            if not _is_sampled_kaygraph_span(span):
+                return
+            with self._open_lock:
+                _, sent = self._open.pop(span.context.span_id, (None, 0))
+            self._enqueue(_marked_copy(span, sent) if sent else span)
         except Exception:  # noqa: BLE001 - monitoring must never raise into the workflow
             logger.debug("Queueing ended span %r failed", span, exc_info=True)
+
+    def _start_progress_thread(self) -> None:
+        with self._open_lock:
+            if self._progress_thread is not None:
+                return
+            thread = threading.Thread(
+                target=self._report_progress, name="kaygraph-otel-live-progress", daemon=True
+            )
+            self._progress_thread = thread
+        thread.start()
+
+    def _report_progress(self) -> None:
+        delay = self._schedule_delay_millis / 1000
+        while not self._progress_stop.wait(delay):
+            try:
+                self.report_progress()
+            except Exception:  # noqa: BLE001 - a failed look is retried at the next interval
+                logger.debug("Reporting progress of open spans failed", exc_info=True)
+
+    def report_progress(self) -> int:
+        """Queue a copy of each open span that has events not yet sent; return how many."""
+        queued = 0
+        with self._open_lock:
+            for span_id, (span, sent) in list(self._open.items()):
+                events = span.events
+                if len(events) <= sent or span.end_time is not None:
+                    continue
+                copy = _pending_copy(span, sent, events)
+                self._open[span_id] = (span, len(events))
+                self._enqueue(copy)
+                queued += 1
+        return queued
 
     def _enqueue(self, span: ReadableSpan) -> None:
         # The SDK would drop the oldest span of a full queue without telling the
@@ -168,6 +221,7 @@ class LiveSpanProcessor(SpanProcessor):
     def shutdown(self) -> None:
         """Export the queue, then shut down the exporter, within ``shutdown_timeout_millis``."""
         self._shutdown = True
+        self._progress_stop.set()
         finished, _ = _call_with_timeout(self._batch.shutdown, self._shutdown_timeout_millis)
         if not finished:
             logger.warning(
@@ -240,22 +294,56 @@ def _is_sampled_kaygraph_span(span: ReadableSpan) -> bool:
     return context is not None and context.trace_flags.sampled and _is_kaygraph_span(span)
 
 
-def _pending_copy(span: Span) -> ReadableSpan:
-    # on_start runs on the thread that started the span before it returns the span,
-    # so nothing else can be changing its attributes while they are copied.
+def _reset_after_fork(reference: weakref.ref[LiveSpanProcessor]) -> None:
+    processor = reference()
+    if processor is None:
+        return
+    # The progress thread does not exist in a forked child; the next span starts a new one.
+    processor._open_lock = threading.Lock()
+    processor._open = {}
+    processor._progress_thread = None
+    processor._progress_stop = threading.Event()
+
+
+def _pending_copy(span: Span, first_event: int | None, events: tuple = ()) -> ReadableSpan:
+    """Return a copy of an open span: its start (``first_event`` None) or its events so far."""
+    # In on_start this runs on the thread that started the span, before the span is
+    # returned, so nothing else can be changing its attributes while they are copied.
     attributes = dict(span.attributes or {})
     attributes[PENDING] = True
+    if first_event is not None:
+        attributes[LIVE_FIRST_EVENT] = first_event
     return ReadableSpan(
         name=span.name,
         context=span.context,
         parent=span.parent,
         resource=span.resource,
         attributes=attributes,
-        events=(),
+        events=events,
         links=tuple(span.links),
         kind=span.kind,
         start_time=span.start_time,
         end_time=None,
+        instrumentation_scope=span.instrumentation_scope,
+    )
+
+
+def _marked_copy(span: ReadableSpan, first_event: int) -> ReadableSpan:
+    """Return the ended span with a marker saying its first ``first_event`` events were sent."""
+    attributes = dict(span.attributes or {})
+    attributes[LIVE_FIRST_EVENT] = first_event
+    return ReadableSpan(
+        name=span.name,
+        context=span.context,
+        parent=span.parent,
+        resource=span.resource,
+        attributes=attributes,
+        events=span.events,
+        links=span.links,
+        kind=span.kind,
+        status=span.status,
+        start_time=span.start_time,
+        end_time=span.end_time,
         instrumentation_scope=span.instrumentation_scope,
     )
 

@@ -37,6 +37,7 @@ GRAPH_STRUCTURE = "kaygraph.graph.structure"  # JSON of {"nodes": [...], "edges"
 TRANSITIONS = "kaygraph.transitions"  # JSON list of {"from", "action", "to", "count"}
 EVENTS_DROPPED = "kaygraph.events_dropped"  # repeated events left out to stay under the span limit
 PENDING = "kaygraph.pending"  # on the copy of a just-started span that the live path exports
+LIVE_FIRST_EVENT = "kaygraph.live.first_event"  # span events before this index were already sent
 
 # OpenTelemetry GenAI semantic conventions, on workflow spans.
 GEN_AI_OPERATION_NAME = "gen_ai.operation.name"

@@ -6,9 +6,8 @@
 // suppressed the error. Graph nodes without events are waiting. Batch item
 // events (data.item_index set) count items and never finish the batch node.
 //
-// NOTE: the live span processor sends a node's span events (its retries among
-// them) when the node's span ends, so "retrying" shows only when a retry event
-// arrives before the node's end, for example from a custom exporter.
+// The live span processor sends the events of an open span at its progress
+// interval, so a retry shows as "retrying" while the node waits for its next attempt.
 
 import { parseTime, text } from "./util.js";
 
