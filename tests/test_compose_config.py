@@ -291,8 +291,8 @@ def check_dockerfile(configs: Configs) -> list[str]:
     install = configs.dockerfile.find("RUN pip install")
     if vendor < 0 or install < 0 or vendor > install:
         return [
-            "the Dockerfile must copy the built static/vendor assets into ./dashboard/static/vendor "
-            "before `RUN pip install`, so the package data carries them"
+            "the Dockerfile must copy the built static/vendor assets into "
+            "./dashboard/static/vendor before `RUN pip install`, so the package data carries them"
         ]
     return []
 

@@ -15,14 +15,8 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
 
 from kaygraph_otel import attributes as attr
-from tests.test_kaygraph_spans import (  # noqa: F401 - fixtures
-    children,
-    instrument,
-    node_spans,
-    of_kind,
-    one_node_span,
-    spans,
-)
+from tests.span_tree import children, node_spans, of_kind, one_node_span
+from tests.test_kaygraph_spans import instrument, spans  # noqa: F401 - fixtures
 
 
 class Add(kaygraph.Node):

@@ -107,9 +107,15 @@ def run_flow_and_watch(base_url: str, provider: Any) -> tuple[SseReader, float, 
 
 
 def assert_slow_node_seen_while_running(reader: SseReader, finished_at: float) -> None:
-    started = [t for t, e in reader.received if e["event_name"] == "node_started" and e["node_type"] == "Slow"]
+    started = [
+        t
+        for t, e in reader.received
+        if e["event_name"] == "node_started" and e["node_type"] == "Slow"
+    ]
     assert len(started) == 1, reader.names("Slow")
-    assert started[0] < finished_at, "node_started of the slow node arrived only after the workflow ended"
+    assert started[0] < finished_at, (
+        "node_started of the slow node arrived only after the workflow ended"
+    )
     assert finished_at - started[0] > SLOW_NODE_SECONDS / 2
 
 
@@ -143,7 +149,9 @@ def test_redis_stream_shows_running_node(redis_url: str) -> None:
     server = start_in_thread(create_app(redis_url=redis_url), "127.0.0.1", 0)
     provider = configure(redis_url=redis_url, set_global=False, schedule_delay_millis=100)
     try:
-        assert wait_for(lambda: httpx.get(server.url + "/healthz").json()["mode"] == "redis", timeout=5)
+        assert wait_for(
+            lambda: httpx.get(server.url + "/healthz").json()["mode"] == "redis", timeout=5
+        )
         reader, finished_at, shared = run_flow_and_watch(server.url, provider)
     finally:
         provider.shutdown()

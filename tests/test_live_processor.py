@@ -10,16 +10,16 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
-from kaygraph_otel_exporters import BusEventExporter, LiveSpanProcessor, RedisEventExporter
-from kaygraph_otel_exporters.bus import EventBus
-from kaygraph_otel_exporters.encoder import encode_spans
-from kaygraph_otel_exporters.live import PENDING
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 
 from kaygraph_otel import attributes as attrs
+from kaygraph_otel_exporters import BusEventExporter, LiveSpanProcessor, RedisEventExporter
+from kaygraph_otel_exporters.bus import EventBus
+from kaygraph_otel_exporters.encoder import encode_spans
+from kaygraph_otel_exporters.live import PENDING
 from tests.exporter_support import (
     ChannelReader,
     complete_node_span,

@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 import redis
-from kaygraph_otel_exporters import RedisEventExporter
-from kaygraph_otel_exporters._drops import DropReporter
-from kaygraph_otel_exporters._urls import redact_url
-from kaygraph_otel_exporters.encoder import encode_spans
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from kaygraph_otel_exporters import RedisEventExporter
+from kaygraph_otel_exporters._drops import DropReporter
+from kaygraph_otel_exporters._urls import redact_url
+from kaygraph_otel_exporters.encoder import encode_spans
 from tests.exporter_support import (
     ChannelReader,
     make_tracer,
@@ -183,7 +183,9 @@ class TestFailures:
     def test_recovers_after_redis_restart(
         self, redis_server: RedisServer, redis_url: str, channel: str
     ) -> None:
-        exporter = RedisEventExporter(redis_url, channel, socket_connect_timeout=1.0, include_started=False)
+        exporter = RedisEventExporter(
+            redis_url, channel, socket_connect_timeout=1.0, include_started=False
+        )
         spans = finished_node_spans(1)
         expected = encode_spans(spans, include_started=False)
         assert exporter.export(spans) is SpanExportResult.SUCCESS
@@ -211,7 +213,9 @@ class TestFailures:
         channel: str,
         caplog: pytest.LogCaptureFixture,
     ) -> None:
-        exporter = RedisEventExporter(redis_url, channel, socket_connect_timeout=1.0, include_started=False)
+        exporter = RedisEventExporter(
+            redis_url, channel, socket_connect_timeout=1.0, include_started=False
+        )
         spans = finished_node_spans(1)
         events_per_batch = len(encode_spans(spans, include_started=False))
         caplog.set_level(logging.INFO, logger=EXPORTER_LOGGER)

@@ -15,10 +15,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from kaygraph_otel_exporters import LiveSpanProcessor, configure
-from kaygraph_otel_exporters.bus import EventBus
 from opentelemetry.sdk.trace import TracerProvider
 
+from kaygraph_otel_exporters import LiveSpanProcessor, configure
+from kaygraph_otel_exporters.bus import EventBus
 from tests.exporter_support import ChannelReader, run_node, schema_errors
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
