@@ -186,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="directory that receives each run's report (default: ./reports)",
     )
+    demo.add_argument(
+        "--exit",
+        action="store_true",
+        help="stop the dashboard and exit when --runs are done; by default the dashboard "
+        "stays up until Ctrl-C",
+    )
     demo.set_defaults(handler=_run_demo)
     return parser
 

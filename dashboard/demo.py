@@ -93,7 +93,8 @@ def run_demo(args: argparse.Namespace, stop: threading.Event | None = None) -> i
     Args:
         args: ``port``, ``runs`` (0 runs until interrupted), ``redis_url``,
             ``no_dashboard``, ``interval`` (seconds), ``files`` (files per run),
-            and optionally ``host`` and ``report_dir``.
+            and optionally ``host``, ``report_dir`` and ``exit`` (stop the dashboard
+            when the runs are done instead of serving it until interrupted).
         stop: set it to end the demo after the current run.
     """
     stop = stop or threading.Event()
@@ -140,6 +141,13 @@ def run_demo(args: argparse.Namespace, stop: threading.Event | None = None) -> i
             run_number += 1
             if args.runs == 0 or run_number < args.runs:
                 stop.wait(args.interval)
+        if server is not None and not stop.is_set() and not getattr(args, "exit", False):
+            print(
+                f"All {run_number} runs finished; the dashboard stays at {server.url} "
+                "until you press Ctrl-C",
+                flush=True,
+            )
+            stop.wait()
     finally:
         _uninstrument(framework)
         provider.shutdown()

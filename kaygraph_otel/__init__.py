@@ -161,7 +161,18 @@ class PocketFlowInstrumentor(_WorkflowInstrumentor):
 def _instrument(
     instrumentor: _WorkflowInstrumentor, options: dict[str, Any]
 ) -> _WorkflowInstrumentor:
-    importlib.import_module(instrumentor._framework_name)
+    name = instrumentor._framework_name
+    try:
+        importlib.import_module(name)
+    except ModuleNotFoundError as error:
+        if error.name != name:
+            raise
+        other = "instrument_pocketflow()" if name == "kaygraph" else "instrument_kaygraph()"
+        raise ModuleNotFoundError(
+            f"cannot instrument {name}: the {name} package is not installed. Install it with "
+            f"`pip install {name}`, or call {other} if your workflows use the other framework",
+            name=name,
+        ) from None
     # The dependency check reads installed distribution metadata, which a
     # framework importable from a source tree does not have; the import above
     # is the check that matters for a direct call.

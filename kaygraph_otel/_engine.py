@@ -71,6 +71,22 @@ _SPAN_NAME_PREFIX = {"workflow": "invoke_workflow", "graph": "graph", "node": "n
 MAX_TRANSITIONS_RECORDED = 200
 
 
+def _count_metrics(run: NodeRun) -> dict[str, AttributeValue]:
+    """Return the retry, fallback and batch counts of a run as metric event attributes."""
+    metrics: dict[str, AttributeValue] = {}
+    prefix = attr.EVENT_METRIC_PREFIX
+    if run.retries:
+        metrics[prefix + "retries"] = run.retries
+    if run.fallbacks:
+        metrics[prefix + "fallbacks"] = run.fallbacks
+    if run.is_batch:
+        metrics[prefix + "items_succeeded"] = run.items_succeeded
+        metrics[prefix + "items_failed"] = run.items_failed
+        if run.batch_size is not None:
+            metrics[prefix + "batch_size"] = run.batch_size
+    return metrics
+
+
 class Engine(ExecutionWrappers):
     """Patches one framework and turns its executions into spans, events and metrics."""
 
@@ -349,7 +365,7 @@ class Engine(ExecutionWrappers):
         outcome[attr.STATE] = "completed"
         span.set_attributes(outcome)
         completed = "workflow_completed" if run.kind == "workflow" else "node_completed"
-        self.emitter.emit(span, completed, {attr.EVENT_STATE: "completed"})
+        self.emitter.emit(span, completed, {attr.EVENT_STATE: "completed", **_count_metrics(run)})
 
     @staticmethod
     def _transitions_json(workflow: Workflow) -> str:
@@ -399,6 +415,7 @@ class Engine(ExecutionWrappers):
                 span.set_attribute(attr.ERROR_PHASE, run.phase)
                 failed = "workflow_failed" if run.kind == "workflow" else "node_failed"
                 event = {
+                    **_count_metrics(run),
                     attr.EVENT_STATE: "failed",
                     attr.ERROR_PHASE: run.phase,
                     **error_attributes(exc),

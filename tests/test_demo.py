@@ -35,7 +35,8 @@ def test_demo_runs_on_pocketflow_with_dashboard(tmp_path: Path) -> None:
     port = free_port()
     process = subprocess.run(
         [sys.executable, "-m", "kaygraph_otel_dashboard.cli", "demo", "--runs", "2",
-         "--files", "60", "--interval", "0", "--port", str(port), "--report-dir", str(tmp_path)],
+         "--files", "60", "--interval", "0", "--port", str(port), "--report-dir", str(tmp_path),
+         "--exit"],
         capture_output=True, text=True, timeout=90, env=demo_environment(), cwd=tmp_path,
     )  # fmt: skip
     assert process.returncode == 0, process.stderr
@@ -67,6 +68,8 @@ def test_demo_port_in_use_names_port(tmp_path: Path) -> None:
     assert "Traceback" not in process.stderr
 
 
+# Parsing the standard library's tests meets deliberate invalid escape sequences.
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::SyntaxWarning")
 def test_demo_on_kaygraph_records_parse_failures(tmp_path: Path) -> None:
     failing = []
     for path in list_source_files(standard_library_dir()):
@@ -96,3 +99,34 @@ def test_demo_on_kaygraph_records_parse_failures(tmp_path: Path) -> None:
         f["error"].startswith(("SyntaxError", "ValueError", "UnicodeDecodeError"))
         for f in report["failures"]
     )
+
+
+def test_demo_keeps_dashboard_after_runs_until_stopped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import threading
+
+    import httpx
+
+    from tests.helpers import wait_for
+
+    port = free_port()
+    args = argparse.Namespace(
+        port=port, runs=1, redis_url=None, no_dashboard=False, interval=0, files=20,
+        report_dir=str(tmp_path), exit=False,
+    )  # fmt: skip
+    stop = threading.Event()
+    outcome: list[int] = []
+    thread = threading.Thread(target=lambda: outcome.append(demo.run_demo(args, stop)), daemon=True)
+    thread.start()
+    try:
+        assert wait_for(
+            lambda: "runs finished" in capsys.readouterr().out, timeout=60, interval=0.2
+        )
+        health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+        assert health.status_code == 200
+        assert health.json()["runs"] == 1
+    finally:
+        stop.set()
+        thread.join(30)
+    assert outcome == [0]

@@ -368,3 +368,17 @@ def test_event_signal_emits_log_records(
         assert record.attributes[attr.NODE_KIND] == "node"
     workflow_done = [r for r in records if r.event_name == "kaygraph.workflow_completed"]
     assert len(workflow_done) == 1
+
+
+def test_missing_framework_error_names_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from kaygraph_otel import instrument_kaygraph
+
+    # A None entry in sys.modules makes the import fail as if kaygraph were not installed.
+    monkeypatch.setitem(sys.modules, "kaygraph", None)
+    with pytest.raises(ModuleNotFoundError) as raised:
+        instrument_kaygraph()
+    message = str(raised.value)
+    assert "pip install kaygraph" in message
+    assert "instrument_pocketflow()" in message

@@ -198,6 +198,7 @@ function renderRunHeader(run, now) {
     counts.finished + " of " + counts.nodes + " nodes finished",
     counts.errors + (counts.errors === 1 ? " error" : " errors"),
     run.retries + (run.retries === 1 ? " retry" : " retries"),
+    run.fallbacks + (run.fallbacks === 1 ? " fallback" : " fallbacks"),
   ].join(" \u00b7 ");
   meta.title = run.id;
 }

@@ -11,7 +11,7 @@
 import { apiUrl, byId, fetchJson } from "./util.js";
 
 const RETRY_MS = 2000;
-const STATE_LIMIT = 2000;
+const STATE_LIMIT = 10000;
 const RUNS_LIMIT = 300;
 const MAX_PENDING = 20000;
 

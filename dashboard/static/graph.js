@@ -11,8 +11,8 @@ import { edgeKey, nodeBadge } from "./model.js";
 import { byId, html, shorten, svg, svgText } from "./util.js";
 
 const NODE_H = 74;
-const MIN_NODE_W = 128;
-const MAX_NODE_W = 250;
+const MIN_NODE_W = 200;
+const MAX_NODE_W = 270;
 const CHAR_W = 7.3;
 const GROUP_HEAD = 34;
 const GROUP_PAD = 14;

@@ -62,6 +62,7 @@ function newRun(id, time, arrival) {
     errors: 0,
     handled: 0,
     retries: 0,
+    fallbacks: 0,
     eventCount: 0,
     version: 0,
     summary: null,
@@ -271,6 +272,7 @@ function applyNodeEvent(run, event, data, time) {
     run.retries += 1;
   } else if (name === "fallback_triggered") {
     node.fallbacks += 1;
+    run.fallbacks += 1;
   } else if (name === "node_started" && !isItem) {
     node.executions += 1;
   }
@@ -296,12 +298,39 @@ function applyNodeEvent(run, event, data, time) {
     }
     return;
   }
+  if ((name === "node_completed" || name === "node_failed") && data.metrics) {
+    applyCounts(run, node, data.metrics);
+  }
   let state = STATE_BY_EVENT[name];
   if (name === "node_failed") {
     state = isHandled(data) ? "handled" : "failed";
   }
   if (state) {
     setNodeState(node, state, time);
+  }
+}
+
+// A node's end event carries the node's full counts. Item, retry and fallback
+// events stop at per-node caps, so the counts replace what those events added up to.
+function applyCounts(run, node, metrics) {
+  const count = (key) => (Number.isFinite(metrics[key]) ? metrics[key] : null);
+  const succeeded = count("items_succeeded");
+  const failed = count("items_failed");
+  if (succeeded !== null) {
+    node.itemsDone = succeeded;
+  }
+  if (failed !== null) {
+    node.itemsFailed = failed;
+  }
+  const retries = count("retries");
+  if (retries !== null && retries > node.retries) {
+    run.retries += retries - node.retries;
+    node.retries = retries;
+  }
+  const fallbacks = count("fallbacks");
+  if (fallbacks !== null && fallbacks > node.fallbacks) {
+    run.fallbacks += fallbacks - node.fallbacks;
+    node.fallbacks = fallbacks;
   }
 }
 
@@ -450,7 +479,7 @@ export function nodeBadge(node) {
     parts.push(node.retries + (node.retries === 1 ? " retry" : " retries"));
   }
   if (node.fallbacks) {
-    parts.push(node.fallbacks + " fallback");
+    parts.push(node.fallbacks + (node.fallbacks === 1 ? " fallback" : " fallbacks"));
   }
   if (node.executions > 1) {
     parts.push("\u00d7" + node.executions);
