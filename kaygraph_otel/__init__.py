@@ -96,6 +96,16 @@ def _disabled_by_environment(entry_point_name: str) -> bool:
     return entry_point_name in {name.strip() for name in disabled.split(",")}
 
 
+def _provider(options: dict[str, Any], name: str, method: str) -> Any:
+    provider = options.pop(name, None)
+    if provider is not None and not callable(getattr(provider, method, None)):
+        raise TypeError(
+            f"invalid {name}={provider!r}: expected an OpenTelemetry provider with a {method}() "
+            f"method, or None for the global one"
+        )
+    return provider
+
+
 class _WorkflowInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """Shared instrumentor logic; subclasses name the framework module and its graph class."""
 
@@ -110,9 +120,9 @@ class _WorkflowInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         return self._dependencies
 
     def _instrument(self, **kwargs: Any) -> None:
-        tracer_provider = kwargs.pop("tracer_provider", None)
-        logger_provider = kwargs.pop("logger_provider", None)
-        meter_provider = kwargs.pop("meter_provider", None)
+        tracer_provider = _provider(kwargs, "tracer_provider", "get_tracer")
+        logger_provider = _provider(kwargs, "logger_provider", "get_logger")
+        meter_provider = _provider(kwargs, "meter_provider", "get_meter")
         settings = resolve_settings(kwargs)
         self.settings = settings
         if not settings.enabled or _disabled_by_environment(self._framework_name):

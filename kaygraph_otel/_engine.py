@@ -105,12 +105,17 @@ class Engine(ExecutionWrappers):
         self.metrics = metrics
         self._patcher = ClassPatcher(framework.base_node, WRAPPED_METHODS, self._wrapper_for)
         self._structures = StructureCache()
+        self.active = False
 
     def patch(self) -> None:
+        self.active = True
         self._patcher.patch()
         acquire_submit_patch()
 
     def unpatch(self) -> None:
+        # A wrapper that another library wrapped in turn stays in place; with the
+        # engine inactive it starts no run, so every other wrapper passes through too.
+        self.active = False
         self._patcher.unpatch()
         release_submit_patch()
 
@@ -151,7 +156,7 @@ class Engine(ExecutionWrappers):
         kwargs: dict[str, Any],
     ) -> Any:
         parent = CURRENT_RUN.get()
-        if parent is not None and parent.instance is instance:
+        if not self.active or (parent is not None and parent.instance is instance):
             return wrapped(*args, **kwargs)
         run = self._begin(instance, parent)
         if run is None:
@@ -172,7 +177,7 @@ class Engine(ExecutionWrappers):
         kwargs: dict[str, Any],
     ) -> Any:
         parent = CURRENT_RUN.get()
-        if parent is not None and parent.instance is instance:
+        if not self.active or (parent is not None and parent.instance is instance):
             return await wrapped(*args, **kwargs)
         run = self._begin(instance, parent)
         if run is None:
@@ -314,6 +319,9 @@ class Engine(ExecutionWrappers):
             next_id = self._record_transition(run, result)
             if run.recording:
                 self._record_outcome(run, result, next_id)
+        except Exception:  # noqa: BLE001
+            debug_failure("recording a node's outcome")
+        try:
             run.span.end()
             handled = run.handled_error
             seconds = (time.perf_counter_ns() - run.started_ns) / 1e9
@@ -327,13 +335,25 @@ class Engine(ExecutionWrappers):
     def _record_transition(self, run: NodeRun, result: Any) -> str | None:
         if run.kind == "workflow":
             return None
-        action = result if isinstance(result, str) else None
-        next_id = self._next_node_id(run, action)
+        next_id = self._next_node_id(run, result)
         if next_id is not None:
-            label = action or "default"
+            label = result if isinstance(result, str) and result else "default"
             run.workflow.count_transition(run.node_id, label, next_id)
             self.metrics.count_transition(run.workflow.name, run.node_id, label, next_id)
         return next_id
+
+    def _next_node_id(self, run: NodeRun, action: Any) -> str | None:
+        """Return the id of the successor that ``action`` selects, as the graph looks it up."""
+        successors = getattr(run.instance, "successors", None)
+        if not isinstance(successors, dict) or not successors:
+            return None
+        try:
+            target = successors.get(action or "default")
+        except Exception:  # noqa: BLE001 - an unhashable action selects no successor
+            return None
+        if target is None:
+            return None
+        return self._node_id(run.workflow, target, "node")
 
     def _record_outcome(self, run: NodeRun, result: Any, next_id: str | None) -> None:
         span = run.span
@@ -377,15 +397,6 @@ class Engine(ExecutionWrappers):
         ]
         return json.dumps(entries, ensure_ascii=False, separators=(",", ":"))
 
-    def _next_node_id(self, run: NodeRun, action: str | None) -> str | None:
-        successors = getattr(run.instance, "successors", None)
-        if not isinstance(successors, dict) or not successors:
-            return None
-        target = successors.get(action or "default")
-        if target is None:
-            return None
-        return self._node_id(run.workflow, target, "node")
-
     def _record_counts(self, run: NodeRun) -> None:
         span = run.span
         if run.events_dropped:
@@ -423,11 +434,14 @@ class Engine(ExecutionWrappers):
                 if run.attempts:
                     event[attr.EVENT_ATTEMPT] = run.attempts
                 self.emitter.emit(span, failed, event)
+        except Exception:  # noqa: BLE001
+            debug_failure("recording a failure")
+        try:
             run.span.end()
             seconds = (time.perf_counter_ns() - run.started_ns) / 1e9
             self.metrics.record_end(run.metric_attributes, seconds, "failed", exc)
         except Exception:  # noqa: BLE001
-            debug_failure("recording a failure")
+            debug_failure("ending a failed span")
         finally:
             self._restore_context(run)
 
@@ -503,6 +517,12 @@ class Engine(ExecutionWrappers):
 
     def start_phase_span(self, run: NodeRun, phase: str) -> None:
         """Open a child span for one lifecycle step and make it current until ``end_phase_span``."""
+        try:
+            self._open_phase_span(run, phase)
+        except Exception:  # noqa: BLE001
+            debug_failure(f"starting the {phase} span")
+
+    def _open_phase_span(self, run: NodeRun, phase: str) -> None:
         span = self.tracer.start_span(
             f"{phase} {run.node_type}",
             context=trace.set_span_in_context(run.span),
@@ -529,6 +549,8 @@ class Engine(ExecutionWrappers):
                 record_exception(span, error)
                 span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}"))
             span.end()
+        except Exception:  # noqa: BLE001
+            debug_failure("ending a phase span")
         finally:
             if run.phase_token is not None:
                 otel_context.detach(run.phase_token)  # type: ignore[arg-type]

@@ -176,10 +176,22 @@ def error_attributes(exc: BaseException) -> dict[str, AttributeValue]:
     return {attr.EVENT_ERROR_TYPE: type(exc).__name__, attr.EVENT_ERROR_MESSAGE: safe_str(exc)}
 
 
+# An exception that passes through many nested spans is recorded on each of
+# them, so the recorded stack trace is bounded to keep that cost linear.
+MAX_TRACEBACK_FRAMES = 64
+MAX_STACKTRACE_CHARS = 16_384
+
+
 def record_exception(span: Span, exc: BaseException) -> None:
     """Add the standard ``exception`` span event; a failing ``__str__`` becomes a marker."""
     try:
-        stacktrace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        stacktrace = "".join(
+            traceback.format_exception(
+                type(exc), exc, exc.__traceback__, limit=MAX_TRACEBACK_FRAMES
+            )
+        )
+        if len(stacktrace) > MAX_STACKTRACE_CHARS:
+            stacktrace = stacktrace[:MAX_STACKTRACE_CHARS] + "\n...[stack trace cut]"
     except Exception:  # noqa: BLE001 - a failing __str__ inside the traceback must not escape
         stacktrace = f"{type(exc).__name__}: <traceback unavailable>"
     span.add_event(

@@ -7,6 +7,7 @@ non-string keys all become plain JSON values or short markers.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -17,17 +18,21 @@ SCRUBBED = "[scrubbed]"
 MAX_DEPTH = 32
 MAX_ITEMS = 200
 MAX_STRING = 1024
+MAX_KEY = 256
 MAX_MESSAGE = 4096
 
 # Secret words in keys. The short ones must stand alone between separators, camelCase
 # humps or the ends of the key, and the long ones may also end a compound such as
 # "accesstoken". Both must end at a word boundary, so "max_tokens", "passenger", "author"
-# and "secretary" are kept. Token counts ("token_count", "token_usage") are kept too.
+# and "secretary" are kept. Token counts ("token_count", "token_usage") are kept too, and
+# "key", "private" and "pin" count only as the whole key, so "cache_key" is kept.
 _SECRET_KEY = re.compile(
     r"(?:(?:^|[^a-z0-9])(?:pass|pwd|auth|cvv|ssn)"
     r"|passwords?|passwd|passphrase|secrets?|secret[-_]?keys?|api[-_]?keys?"
     r"|token(?![-_]?(?:counts?|usage|limits?))|private[-_]?keys?|credentials?"
-    r"|session[-_]?id|authorization|cookies?|credit[-_]?card|card[-_]?number)"
+    r"|session[-_]?id|authorization|cookies?|credit[-_]?card|card[-_]?number"
+    r"|jwt|bearer|otp|signature|hmac|salt|dsn|connection[-_]?string"
+    r"|^(?:key|private|pin)$)"
     r"(?:$|[^a-z0-9])",
     re.IGNORECASE,
 )
@@ -38,6 +43,11 @@ _SECRET_VALUE = re.compile(
     r"|\b(?:sk|pk|rk)[-_](?:live|test)?[-_]?[A-Za-z0-9]{16,}"
     r"|\bAKIA[0-9A-Z]{16}\b"
     r"|\bgh[pousr]_[A-Za-z0-9]{20,}"
+    r"|\bsk-[A-Za-z0-9_-]{20,}"  # OpenAI, Anthropic and similar API keys
+    r"|\bAIza[0-9A-Za-z_-]{35}"  # Google API keys
+    r"|\bhf_[A-Za-z0-9]{30,}"  # Hugging Face tokens
+    r"|\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]+"  # JSON Web Tokens
+    r"|\b[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@"  # credentials in a URL
     r"|-----BEGIN [A-Z ]*PRIVATE KEY-----",
 )
 
@@ -55,6 +65,13 @@ def safe_str(value: object, limit: int = MAX_MESSAGE) -> str:
     return text
 
 
+def _size(container: Any, at_least: int) -> int:
+    try:
+        return len(container)
+    except Exception:  # noqa: BLE001 - a container without a working len counts what was read
+        return at_least
+
+
 def _safe_repr(value: object) -> str:
     try:
         text = repr(value)
@@ -70,6 +87,7 @@ class _Snapshotter:
         self.scrubbed: list[str] = []
 
     def _key_is_secret(self, key: str) -> bool:
+        key = key[:MAX_KEY]
         words = _CAMEL_HUMP.sub(r"\1_\2", key)
         return _SECRET_KEY.search(words) is not None or any(p.search(key) for p in self.extra)
 
@@ -98,26 +116,28 @@ class _Snapshotter:
         return self._string(_safe_repr(value), path)
 
     def _string(self, text: str, path: str) -> str:
-        if self.scrub and self._text_is_secret(text):
+        # Only the kept part is scanned, so a huge string costs no more than MAX_STRING.
+        kept = text[:MAX_STRING]
+        if self.scrub and self._text_is_secret(kept):
             self.scrubbed.append(path)
             return SCRUBBED
         if len(text) > MAX_STRING:
-            return text[:MAX_STRING] + f"...[{len(text) - MAX_STRING} more characters]"
+            return kept + f"...[{len(text) - MAX_STRING} more characters]"
         return text
 
     def _mapping(self, value: Mapping[Any, Any], path: str, depth: int, seen: set[int]) -> Any:
         seen.add(id(value))
         result: dict[str, Any] = {}
         try:
-            items = list(value.items())
+            items = list(itertools.islice(value.items(), MAX_ITEMS + 1))
         except Exception:  # noqa: BLE001 - a broken mapping becomes a marker
             seen.discard(id(value))
             return f"<unreadable {type(value).__name__}>"
         for index, (key, item) in enumerate(items):
             if index >= MAX_ITEMS:
-                result["..."] = f"{len(items) - MAX_ITEMS} more entries"
+                result["..."] = f"{_size(value, len(items)) - MAX_ITEMS} more entries"
                 break
-            name = key if isinstance(key, str) else _safe_repr(key)
+            name = key[:MAX_KEY] if isinstance(key, str) else _safe_repr(key)[:MAX_KEY]
             child = f"{path}.{name}"
             if self.scrub and self._key_is_secret(name):
                 self.scrubbed.append(child)
@@ -130,7 +150,7 @@ class _Snapshotter:
     def _sequence(self, value: Any, path: str, depth: int, seen: set[int]) -> list[Any]:
         seen.add(id(value))
         try:
-            items = list(value)
+            items = list(itertools.islice(value, MAX_ITEMS + 1))
         except Exception:  # noqa: BLE001 - a broken container becomes a marker
             seen.discard(id(value))
             return [f"<unreadable {type(value).__name__}>"]
@@ -139,7 +159,7 @@ class _Snapshotter:
             for i, item in enumerate(items[:MAX_ITEMS])
         ]
         if len(items) > MAX_ITEMS:
-            result.append(f"... {len(items) - MAX_ITEMS} more items")
+            result.append(f"... {_size(value, len(items)) - MAX_ITEMS} more items")
         seen.discard(id(value))
         return result
 

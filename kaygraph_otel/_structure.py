@@ -94,13 +94,15 @@ class StructureCache:
     Walking a graph costs far more per node than checking that it is unchanged,
     and a graph is usually built once and run many times. An entry is reused only
     while the same graph object has the same nodes, node ids, successors and
-    nested graphs; any change makes the next run walk it again.
+    nested graphs; any change makes the next run walk it again. Entries hold the
+    graph and its nodes through weak references, so a graph that the application
+    drops is freed with its nodes.
     """
 
     def __init__(self, max_entries: int = 128) -> None:
-        self._entries: collections.OrderedDict[
-            tuple[int, str | None, int], tuple[weakref.ref[Any], tuple[Any, ...], Structure]
-        ] = collections.OrderedDict()
+        self._entries: collections.OrderedDict[tuple[int, str | None, int], _CacheEntry] = (
+            collections.OrderedDict()
+        )
         self._max_entries = max_entries
         self._lock = threading.Lock()
 
@@ -110,25 +112,45 @@ class StructureCache:
         key = (id(graph), graph_id, max_nodes)
         with self._lock:
             entry = self._entries.get(key)
-        if (
-            entry is not None
-            and entry[0]() is graph
-            and entry[1] == _signature(graph, entry[2].walked)
-        ):
+        if entry is not None and entry.matches(graph):
             with self._lock:
                 self._entries.move_to_end(key)
-            return entry[2]
+            return entry.structure
         structure = walk()
-        try:
-            reference = weakref.ref(graph)
-        except TypeError:
+        entry = _CacheEntry.build(graph, structure)
+        if entry is None:
             return structure
-        signature = _signature(graph, structure.walked)
         with self._lock:
-            self._entries[key] = (reference, signature, structure)
+            self._entries[key] = entry
             while len(self._entries) > self._max_entries:
                 self._entries.popitem(last=False)
         return structure
+
+
+@dataclass
+class _CacheEntry:
+    graph: weakref.ref[Any]
+    nodes: list[weakref.ref[Any]]
+    signature: tuple[Any, ...]
+    structure: Structure
+
+    @classmethod
+    def build(cls, graph: Any, structure: Structure) -> _CacheEntry | None:
+        walked, structure.walked = structure.walked, []
+        try:
+            graph_ref = weakref.ref(graph)
+            node_refs = [weakref.ref(node) for node in walked]
+        except TypeError:
+            return None  # a class with __slots__ and no __weakref__ cannot be cached
+        return cls(graph_ref, node_refs, _signature(graph, walked), structure)
+
+    def matches(self, graph: Any) -> bool:
+        if self.graph() is not graph:
+            return False
+        nodes = [ref() for ref in self.nodes]
+        if any(node is None for node in nodes):
+            return False
+        return self.signature == _signature(graph, nodes)
 
 
 def _children_graphs(node: Any, is_graph: Callable[[Any], bool]) -> list[Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -51,7 +52,7 @@ class Settings:
 
 
 _BOUNDS: dict[str, tuple[int, int]] = {
-    "max_snapshot_bytes": (64, 16 * 1024 * 1024),
+    "max_snapshot_bytes": (256, 16 * 1024 * 1024),
     "max_item_spans": (0, 1_000_000),
     "max_graph_nodes": (1, 100_000),
 }
@@ -93,7 +94,23 @@ def _parse_int(option: str, value: Any, source: str) -> int:
 
 
 def _list_items(value: Any, source: str) -> list[Any]:
+    """Split a setting into items: a JSON array of strings, or text separated by commas.
+
+    A regular expression that contains a comma, such as ``\\d{6,8}``, needs the
+    JSON form: ``["^acct-\\\\d{6,8}$"]``.
+    """
     if isinstance(value, str):
+        if value.lstrip().startswith("["):
+            try:
+                items = json.loads(value)
+            except ValueError as error:
+                raise ValueError(
+                    f"invalid {source}={value!r}: it starts with '[' but is not a JSON array "
+                    f"of strings ({error})"
+                ) from None
+            if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+                raise ValueError(f"invalid {source}={value!r}: expected a JSON array of strings")
+            return [item for item in items if item.strip()]
         return [item for item in value.split(",") if item.strip()]
     try:
         return list(value)

@@ -487,7 +487,7 @@ class LargeOutput(kaygraph.Node):
 def test_small_snapshot_cap_validates(
     tracer_provider: TracerProvider, span_exporter: InMemorySpanExporter
 ) -> None:
-    with instrumented("kaygraph", tracer_provider, capture_snapshots=True, max_snapshot_bytes=64):
+    with instrumented("kaygraph", tracer_provider, capture_snapshots=True, max_snapshot_bytes=256):
         kaygraph.Graph(start=LargeOutput(node_id="large")).run({})
     events = encode_spans(span_exporter.get_finished_spans())
 
@@ -497,8 +497,9 @@ def test_small_snapshot_cap_validates(
     assert data_input["input_snapshot"] == [1, 2]
     output = named(of_node(events, "large"), "data_output")[0]["data"]["output_snapshot"]
     assert output["truncated"] is True
-    assert output["size_bytes"] > 64
-    assert len(json.dumps(output, ensure_ascii=False).encode()) <= 64
+    assert output["size_bytes"] > 256
+    assert output["prefix"]
+    assert len(json.dumps(output, ensure_ascii=False).encode()) <= 256
 
 
 def test_event_to_json_is_compact_unicode() -> None:
