@@ -249,7 +249,7 @@ class Engine(ExecutionWrappers):
         run.is_batch = isinstance(instance, framework.batch_nodes)
         run.started_ns = time.perf_counter_ns()
         run.metric_attributes = self.metrics.node_attributes(node_type, kind, framework.name)
-        self.metrics.active.add(1, run.metric_attributes)
+        self.metrics.active.add(1, run.metric_attributes.base)
         run.context_token = otel_context.attach(trace.set_span_in_context(span))
         run.run_token = CURRENT_RUN.set(run)
         if run.recording:

@@ -186,7 +186,7 @@ class ExecutionWrappers:
                 items = args[0]
                 run.batch_size = len(items) if hasattr(items, "__len__") else None
                 if run.batch_size is not None:
-                    self.metrics.batch_size.record(run.batch_size, run.metric_attributes)
+                    self.metrics.batch_size.record(run.batch_size, run.metric_attributes.base)
                     run.span.set_attribute(attr.BATCH_SIZE, run.batch_size)
                     self.emitter.emit(
                         run.span,
@@ -368,7 +368,7 @@ class ExecutionWrappers:
                 return
             with run.lock:
                 run.retries += 1
-            self.metrics.retries.add(1, run.metric_attributes)
+            self.metrics.retries.add(1, run.metric_attributes.base)
             if not run.recording:
                 return
             event: dict[str, AttributeValue] = {
@@ -432,7 +432,7 @@ class ExecutionWrappers:
         try:
             with run.lock:
                 run.fallbacks += 1
-            self.metrics.fallbacks.add(1, run.metric_attributes)
+            self.metrics.fallbacks.add(1, run.metric_attributes.base)
             if not run.recording:
                 return
             error = args[1] if len(args) > 1 else kwargs.get("exc")

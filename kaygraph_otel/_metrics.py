@@ -40,14 +40,16 @@ class Metrics:
         self.active = meter.create_up_down_counter(**describe("kaygraph.node.active"))
         self.batch_size = meter.create_histogram(**describe("kaygraph.batch.size"))
         self.transitions = meter.create_counter(**describe("kaygraph.transitions"))
-        self._node_attributes: dict[tuple[str, str, str], Attributes] = {}
+        self._node_attributes: dict[tuple[str, str, str], NodeAttributes] = {}
         self._transition_attributes: dict[tuple[str, str, str, str], Attributes] = {}
 
-    def node_attributes(self, node_type: str, kind: str, framework: str) -> Attributes:
+    def node_attributes(self, node_type: str, kind: str, framework: str) -> NodeAttributes:
         key = (node_type, kind, framework)
         cached = self._node_attributes.get(key)
         if cached is None:
-            cached = {attr.NODE_TYPE: node_type, attr.NODE_KIND: kind, attr.FRAMEWORK: framework}
+            cached = NodeAttributes(
+                {attr.NODE_TYPE: node_type, attr.NODE_KIND: kind, attr.FRAMEWORK: framework}
+            )
             if len(self._node_attributes) < 10_000:
                 self._node_attributes[key] = cached
         return cached
@@ -67,11 +69,27 @@ class Metrics:
         self.transitions.add(1, cached)
 
     def record_end(
-        self, base: Attributes, seconds: float, outcome: str, error: BaseException | None
+        self, node: NodeAttributes, seconds: float, outcome: str, error: BaseException | None
     ) -> None:
-        ended = {**(base or {}), attr.OUTCOME: outcome}
+        ended = node.ended(outcome)
         self.duration.record(seconds, ended)
         self.executions.add(1, ended)
-        self.active.add(-1, base)
+        self.active.add(-1, node.base)
         if error is not None:
             self.errors.add(1, {**ended, attr.ERROR_TYPE: type(error).__qualname__})
+
+
+class NodeAttributes:
+    """The metric attributes of one node type, and of its outcomes, built once."""
+
+    __slots__ = ("base", "_ended")
+
+    def __init__(self, base: dict[str, str]) -> None:
+        self.base = base
+        self._ended: dict[str, dict[str, str]] = {}
+
+    def ended(self, outcome: str) -> dict[str, str]:
+        attributes = self._ended.get(outcome)
+        if attributes is None:
+            attributes = self._ended[outcome] = {**self.base, attr.OUTCOME: outcome}
+        return attributes

@@ -209,11 +209,12 @@ class Emitter:
 
     def __init__(self, settings: Settings, event_logger: EventLogger | None) -> None:
         self.settings = settings
+        self.selected = settings.events or None
         self.to_span = settings.event_signal in ("span", "both")
         self.event_logger = event_logger if settings.event_signal in ("log", "both") else None
 
     def emit(self, span: Span, name: str, attributes: dict[str, AttributeValue]) -> None:
-        if not self.settings.emits(name):
+        if self.selected is not None and name not in self.selected:
             return
         if self.to_span:
             span.add_event(name, attributes)
