@@ -477,7 +477,8 @@ class Engine(ExecutionWrappers):
             self.end_phase_span(run, exc)
             raise
         run.in_prep = False
-        self.end_phase_span(run, None)
+        if run.phase_span is not None:
+            self.end_phase_span(run, None)
         self._leave_prep(run, result)
         return result
 
@@ -499,7 +500,8 @@ class Engine(ExecutionWrappers):
             self.end_phase_span(run, exc)
             raise
         run.in_prep = False
-        self.end_phase_span(run, None)
+        if run.phase_span is not None:
+            self.end_phase_span(run, None)
         self._leave_prep(run, result)
         return result
 
@@ -573,7 +575,8 @@ class Engine(ExecutionWrappers):
         except BaseException as exc:
             self.end_phase_span(run, exc)
             raise
-        self.end_phase_span(run, None)
+        if run.phase_span is not None:
+            self.end_phase_span(run, None)
         return result
 
     async def _post_async(
@@ -593,7 +596,8 @@ class Engine(ExecutionWrappers):
         except BaseException as exc:
             self.end_phase_span(run, exc)
             raise
-        self.end_phase_span(run, None)
+        if run.phase_span is not None:
+            self.end_phase_span(run, None)
         return result
 
     def _leave_prep(self, run: NodeRun, result: Any) -> None:

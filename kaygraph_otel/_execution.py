@@ -107,7 +107,8 @@ class ExecutionWrappers:
                 self.end_phase_span(run, exc)
                 raise
             run.in_exec = False
-            self.end_phase_span(run, None)
+            if run.phase_span is not None:
+                self.end_phase_span(run, None)
             self._leave_exec(run, result)
             return result
         if not (item_loop and run.is_batch):
@@ -149,7 +150,8 @@ class ExecutionWrappers:
                 self.end_phase_span(run, exc)
                 raise
             run.in_exec = False
-            self.end_phase_span(run, None)
+            if run.phase_span is not None:
+                self.end_phase_span(run, None)
             self._leave_exec(run, result)
             return result
         if not (item_loop and run.is_batch):
