@@ -13,6 +13,7 @@ event encoded twice has the same id and receivers can deduplicate.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import uuid
 from collections.abc import Iterable, Mapping
@@ -54,6 +55,15 @@ _ERROR_FIELDS = (
 )
 
 
+def _uuid5(name: str) -> str:
+    """Return ``str(uuid.uuid5(_NAMESPACE, name))``, computed without building UUID objects."""
+    digest = bytearray(hashlib.sha1(_NAMESPACE.bytes + name.encode("utf-8")).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    text = digest.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
 def _timestamp(nanoseconds: int) -> str:
     moment = datetime.datetime.fromtimestamp(nanoseconds / 1e9, tz=datetime.timezone.utc)
     return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
@@ -64,7 +74,7 @@ def _parse_json(text: Any) -> Any:
         return None
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return text
 
 
@@ -74,7 +84,8 @@ class _SpanFields:
     __slots__ = ("attributes", "trace_id", "span_id", "common", "kind")
 
     def __init__(self, span: ReadableSpan) -> None:
-        attributes: Mapping[str, Any] = span.attributes or {}
+        # A plain dict: the SDK's attribute mapping answers lookups in Python code.
+        attributes: Mapping[str, Any] = dict(span.attributes or {})
         context = span.get_span_context()
         self.attributes = attributes
         self.kind = attributes.get(attr.NODE_KIND)
@@ -98,7 +109,7 @@ class _SpanFields:
         attributes = self.attributes
         correlation_id = attributes.get(attr.CORRELATION_ID) or self.trace_id
         return {
-            "event_id": str(uuid.uuid5(_NAMESPACE, f"{self.trace_id}{self.span_id}{key}")),
+            "event_id": _uuid5(f"{self.trace_id}{self.span_id}{key}"),
             "timestamp": _timestamp(timestamp),
             "node_id": str(attributes.get(attr.NODE_ID, "")),
             "node_type": str(attributes.get(attr.NODE_TYPE, "")),
@@ -193,7 +204,7 @@ def encode_span(span: ReadableSpan, *, include_started: bool = True) -> list[Eve
                 continue
             data = _started_data(fields)
         else:
-            data = _event_data(name, span_event.attributes or {})
+            data = _event_data(name, dict(span_event.attributes or {}))
         events.append(fields.event(name, span_event.timestamp, key, data))
     if span.end_time is not None:
         events.extend(_derived_events(span, fields))
@@ -205,8 +216,9 @@ def _derived_events(span: ReadableSpan, fields: _SpanFields) -> list[Event]:
     failed = span.status.status_code is StatusCode.ERROR
     handled = attributes.get(attr.STATE) == "handled"
     state = "failed" if failed else "handled" if handled else "completed"
-    assert span.end_time is not None and span.start_time is not None
-    duration_ms = (span.end_time - span.start_time) / 1e6
+    start, end = span.start_time, span.end_time
+    # A span received over OTLP may lack its start time or end before it starts.
+    duration_ms = (end - start) / 1e6 if start and end and end >= start else 0.0
     events = [
         fields.event(
             "execution_time",

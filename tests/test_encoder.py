@@ -508,3 +508,12 @@ def test_event_to_json_is_compact_unicode() -> None:
     text = event_to_json(event)
 
     assert text == '{"node_id":"naïve","data":{"state":"running"}}'
+
+
+@pytest.mark.parametrize("name", ["", "a", "0" * 48 + "node_started:0", "ü-節点"])
+def test_event_id_is_uuid5(name: str) -> None:
+    import uuid
+
+    from kaygraph_otel_exporters.encoder import _NAMESPACE, _uuid5
+
+    assert _uuid5(name) == str(uuid.uuid5(_NAMESPACE, name))
