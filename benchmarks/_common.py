@@ -156,8 +156,8 @@ def interleaved(
     """Call every case once per round and collect what each call returns (a measurement).
 
     Each round runs the cases in a new random order from a generator seeded with
-    ``seed``, so no case keeps the same neighbour, and a case that disturbs the
-    next one (for example by removing patches) does not always disturb the same
+    ``seed``, so no case keeps the same neighbour. A case that disturbs the next
+    one, for example by removing patches, then does not always disturb the same
     case. The first ``warmup`` rounds are discarded.
     """
     names = list(cases)

@@ -117,9 +117,10 @@ def median_ratio_interval(spread: float, rounds: int) -> float:
     """Estimate the half-width of a 95% interval for the ratio of two medians, as a fraction.
 
     ``spread`` is the samples' IQR divided by their median. For normal noise the
-    standard deviation is IQR / 1.35 and the standard error of a median is 1.25
-    standard deviations over the square root of the sample count; a ratio of two
-    independent medians has sqrt(2) times that error, and 95% is two errors.
+    standard deviation is IQR / 1.35, and the standard error of a median is 1.25
+    standard deviations over the square root of the sample count. A ratio of two
+    independent medians has sqrt(2) times that relative error, and 95% is about
+    two errors. The noise here is not normal, so the result is an estimate.
     """
     return 2 * math.sqrt(2) * 1.25 * (spread / 1.35) / math.sqrt(rounds)
 

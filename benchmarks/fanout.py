@@ -7,8 +7,8 @@ compete with the server for its GIL.
 
 Throughput: prebuilt schema events are published to the dashboard's
 ``EventBus`` in batches of 512, as an exporter would, and every client counts
-them. The rate is events per client per second from the first publish to the
-last client's last event; the client queue is raised to hold every event, so
+them. The rate is events per client per second, from the first publish to the
+last client's last event. The client queue is raised to hold every event, so
 none is dropped. Client counts 1, 10 and 50 alternate from repetition to
 repetition.
 

@@ -19,6 +19,7 @@ instead of growing with the node count.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -78,7 +79,7 @@ def child_main(argv: list[str]) -> None:
         provider, exporter = _live_provider(args.redis_url)
     samples: list[tuple[int, int]] = [(0, rss_bytes())]
     started = time.perf_counter()
-    with instrumented(provider) if provider is not None else _nothing():
+    with instrumented(provider) if provider is not None else contextlib.nullcontext():
         for index in range(1, runs + 1):
             flow.run({})
             if index % every == 0:
@@ -96,14 +97,6 @@ def child_main(argv: list[str]) -> None:
     if provider is not None:
         provider.shutdown()
     print(json.dumps(report), flush=True)
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc_info: object) -> None:
-        return None
 
 
 # Parent process
@@ -141,7 +134,10 @@ def run(options: Options) -> Result:
     return _report(outcomes, nodes, reps)
 
 
-def _report(outcomes: dict[str, list[dict[str, Any]]], nodes: int, reps: int) -> Result:
+def _memory_table(
+    outcomes: dict[str, list[dict[str, Any]]], nodes: int, reps: int
+) -> tuple[Table, dict[str, float]]:
+    """Return the table of RSS figures and each case's median growth in the second half."""
     half = nodes // 2
     table = Table(
         f"Resident memory of a child process running {nodes:,} no-op nodes "
@@ -168,6 +164,11 @@ def _report(outcomes: dict[str, list[dict[str, Any]]], nodes: int, reps: int) ->
             f"{published:,}",
             f"{int(median([run['exporter_drops'] for run in runs])):,}",
         )
+    return table, growth
+
+
+def _report(outcomes: dict[str, list[dict[str, Any]]], nodes: int, reps: int) -> Result:
+    table, growth = _memory_table(outcomes, nodes, reps)
     for case in ("backend up", "backend down"):
         first = outcomes[case][0]
         curve = ", ".join(f"{rss / MIB:.0f}" for _, rss in first["samples"])
@@ -175,17 +176,28 @@ def _report(outcomes: dict[str, list[dict[str, Any]]], nodes: int, reps: int) ->
             f"{case}, first repetition: RSS MiB every {nodes // SAMPLES:,} nodes: {curve}; "
             f"drops by reason: {first['drop_reasons'] or 'none'}."
         )
-    bounded = growth["backend down"] <= GROWTH_LIMIT_MIB
+
+    peak = {
+        case: max(rss for run in outcomes[case] for _, rss in run["samples"]) / MIB
+        for case in ("backend up", "backend down")
+    }
+    table.notes.append(
+        f"Largest RSS sample: backend up {peak['backend up']:.1f} MiB (its span queue stays "
+        f"full), backend down {peak['backend down']:.1f} MiB."
+    )
     table.notes.append(
         "Drops are events counted by the exporter's drop reporter: queue_full (the 8192-span "
         "queue was full, so the new span was dropped), connection (the export failed), "
         "circuit_open (the circuit breaker skipped the export). Published plus dropped is "
         "every event that the nodes produced, about six per node."
     )
+
+    bounded = growth["backend down"] <= GROWTH_LIMIT_MIB
     table.notes.append(
         f"Bounded when down: growth in the second half {growth['backend down']:+.1f} MiB "
         f"(limit {GROWTH_LIMIT_MIB:g} MiB): {'yes' if bounded else 'no'}."
     )
+    half = nodes // 2
     findings = [
         Finding(
             NAME,

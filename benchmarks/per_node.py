@@ -1,18 +1,20 @@
 """Per-node cost: what instrumentation adds to one no-op node, against a hand-made span.
 
 A Flow of 100 no-op nodes runs repeatedly, so the cost of the workflow span is
-spread over 100 nodes. Five cases run interleaved:
+spread over 100 nodes. Each of two groups runs three cases interleaved:
 
 - uninstrumented PocketFlow;
 - the floor: hand-written ``_run`` overrides that start one SDK span per node
   (and one for the workflow) with the attributes and span events that the
   instrumentation produces, attach and detach its context, and end it;
-- the instrumentation, with a TracerProvider that records spans and exports nowhere;
-- the floor and the instrumentation again with the live Redis exporter
-  (``configure(redis_url=...)``), timed until ``force_flush`` returns, so the
-  encoding and publishing of every event is included.
+- the instrumentation.
 
-The figure of merit is the instrumentation's added cost divided by the floor's.
+In the first group the spans go to a TracerProvider that records them and
+exports nowhere. In the second they go to the live Redis exporter
+(``configure(redis_url=...)``) and each measurement lasts until
+``force_flush`` returns, so the encoding and publishing of every event is
+included. The figure of merit is the instrumentation's added cost divided by
+the floor's.
 """
 
 from __future__ import annotations

@@ -5,12 +5,12 @@ Every case runs uninstrumented and instrumented with the live Redis exporter
 floor: the same nodes with hand-made spans of the same shape (see
 ``benchmarks.per_node``) through the same exporter, which shows how much of
 the overhead any OpenTelemetry SDK span pays under the same conditions.
-Only the workflow runs are timed:
-the exporter works in its background thread, as it would in production, and
-``force_flush`` runs after each timed repetition so that no backlog spills
-into the next one. A repetition runs the graph back to back for at least a
-few hundred milliseconds, longer than the exporter's 200 ms schedule delay,
-so exports happen inside the timed window.
+
+Only the workflow runs are timed. The exporter works in its background
+thread, as it would in production, and ``force_flush`` runs after each timed
+repetition so that no backlog spills into the next one. A repetition runs the
+graph back to back (``_plan`` sets for how long), so that most exports happen
+inside the timed window.
 
 Synthetic nodes either sleep (``time.sleep``: the GIL is released, as in a node
 waiting on I/O or a remote model) or busy-wait (a loop on
@@ -32,7 +32,6 @@ from opentelemetry.sdk.trace import TracerProvider
 from benchmarks._common import (
     Finding,
     Options,
-    Profile,
     RedisServer,
     Result,
     Table,
@@ -40,8 +39,6 @@ from benchmarks._common import (
     instrumented,
     interleaved,
     median,
-    profile_call,
-    profile_tables,
     redis_provider,
     timed,
 )
@@ -145,33 +142,29 @@ def measure_demo(provider: TracerProvider, reps: int, files: int) -> dict[str, l
         return interleaved(_cases(run, provider, None), reps)
 
 
-def profile_demo(provider: TracerProvider, files: int) -> Profile | None:
-    """Profile one instrumented run of the demo pipeline (the main thread only)."""
-    pipeline: Pipeline = build_pipeline("pocketflow", pocketflow)
-    with tempfile.TemporaryDirectory(prefix="kaygraph-bench-reports-") as report_dir:
-        with instrumented(provider):
-            run_once(pipeline, 0, files, Path(report_dir))
-            profile = profile_call(lambda: run_once(pipeline, 0, files, Path(report_dir)))
-        provider.force_flush(30_000)
-    return profile
-
-
 def _plan(size: int, seconds: float, quick: bool) -> tuple[int, int, int]:
     """Return (graph runs per repetition, repetitions, warm-up rounds) for one cell.
 
+    A repetition lasts at least 0.3 s of node work, longer than the exporter's
+    200 ms schedule delay, so timer-driven exports fall inside it. Nodes shorter
+    than 1 ms fill the 512-span export batch within 0.1 s, and their instrumented
+    runs take several times the node work, so 0.1 s of work is enough for them.
     Cells whose single run takes seconds get fewer repetitions and no warm-up,
-    which keeps the full benchmark near three minutes.
+    which keeps the full benchmark near three minutes on an idle 2-core machine.
     """
-    min_rep_seconds = 0.05 if quick else 0.1
+    if quick:
+        min_rep_seconds = 0.05
+    elif seconds < 0.001:
+        min_rep_seconds = 0.1
+    else:
+        min_rep_seconds = 0.3
     one_run = size * seconds
     runs = max(1, math.ceil(min_rep_seconds / one_run))
     if quick:
         return runs, 2, 1
     if one_run >= 2:
         return runs, 3, 0
-    if one_run >= 0.3:
-        return runs, 5, 1
-    return runs, 7, 1
+    return runs, 5, 1
 
 
 Cell = tuple[str, int, float]
@@ -186,7 +179,6 @@ def run(options: Options) -> Result:
     with RedisServer() as server:
         provider = redis_provider(server.url)
         demo = measure_demo(provider, demo_reps, demo_files)
-        demo_profile = profile_demo(provider, demo_files) if options.profile else None
         for mode in ("sleep", "busy-wait"):
             busy = mode == "busy-wait"
             for size in GRAPH_SIZES:
@@ -200,16 +192,7 @@ def run(options: Options) -> Result:
                     samples = interleaved(_cases(plain, provider, floor), reps, warmup=warmup)
                     cells[(mode, size, duration_ms)] = (runs, reps, samples)
         provider.shutdown()
-    result = _report(demo, demo_files, demo_reps, cells, durations_ms)
-    if options.profile:
-        if demo_profile is None:
-            result.texts.append("pyinstrument is not installed, so --profile printed nothing.")
-        else:
-            title = f"demo pipeline, {demo_files} files, instrumented, Redis live"
-            cost = median(demo[LIVE]) * 1000
-            result.tables.extend(profile_tables(title, demo_profile, cost, "ms/run"))
-            result.texts.append(f"pyinstrument call tree, {title}\n{demo_profile.tree}")
-    return result
+    return _report(demo, demo_files, demo_reps, cells, durations_ms)
 
 
 def _report(

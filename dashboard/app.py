@@ -60,6 +60,7 @@ __all__ = [
     "STATIC_DIR",
     "ConfigurationError",
     "DashboardState",
+    "check_token",
     "close_event_streams",
     "create_app",
     "dashboard_token",
@@ -122,11 +123,25 @@ def _check_settings(
         raise ConfigurationError(f"max_body_bytes must be at least 1, got {max_body_bytes!r}")
     if history_runs < 0:
         raise ConfigurationError(f"history_runs must be 0 or more, got {history_runs!r}")
-    if token is not None and len(token) < MIN_TOKEN_LENGTH:
+    if token is not None:
+        check_token(token)
+
+
+def check_token(token: str) -> None:
+    """Check that a dashboard token is long enough and has no whitespace.
+
+    Raises:
+        ConfigurationError: the token is too short or contains whitespace.
+    """
+    fix = "generate one with `python -c 'import secrets; print(secrets.token_urlsafe(24))'`"
+    if any(character.isspace() for character in token):
+        raise ConfigurationError(
+            f"the dashboard token of {len(token)} characters contains whitespace; {fix}"
+        )
+    if len(token) < MIN_TOKEN_LENGTH:
         raise ConfigurationError(
             f"the dashboard token has {len(token)} characters, expected at least "
-            f"{MIN_TOKEN_LENGTH}; generate one with "
-            "`python -c 'import secrets; print(secrets.token_urlsafe(24))'`"
+            f"{MIN_TOKEN_LENGTH}; {fix}"
         )
 
 
@@ -264,6 +279,10 @@ async def _load_history(state: DashboardState) -> None:
         events = await state.history.recent_events(state.history_runs, HISTORY_EVENTS_PER_RUN)
     except (RedisError, OSError) as error:
         logger.warning("Cannot load recent runs from Redis: %r; showing live events only", error)
+        return
+    except Exception:
+        # A failure here must not end the task with an error that fails the app's shutdown.
+        logger.exception("Loading recent runs from Redis failed; showing live events only")
         return
     if events:
         # Events that the relay delivered meanwhile arrive twice; the run store and

@@ -6,7 +6,8 @@ Usage::
     kaygraph-otel demo --runs 3
 
 Errors that the user can fix (a port in use, an invalid URL, a missing token)
-print one line to stderr and exit with status 2.
+print one line to stderr, naming the option or environment variable, and exit
+with status 2.
 """
 
 from __future__ import annotations
@@ -19,11 +20,17 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 
-from kaygraph_otel_dashboard.app import DEFAULT_HISTORY_RUNS, ConfigurationError, create_app
+from kaygraph_otel_dashboard.app import (
+    DEFAULT_HISTORY_RUNS,
+    ConfigurationError,
+    check_token,
+    create_app,
+)
 from kaygraph_otel_dashboard.otlp import DEFAULT_MAX_BODY_BYTES
-from kaygraph_otel_dashboard.relay import DEFAULT_CHANNEL
+from kaygraph_otel_dashboard.relay import DEFAULT_CHANNEL, validate_redis_url
 from kaygraph_otel_dashboard.server import DEFAULT_HOST, DEFAULT_PORT, serve
 
 logger = logging.getLogger(__name__)
@@ -35,6 +42,7 @@ ENV_TOKEN = "KAYGRAPH_OTEL_DASHBOARD_TOKEN"
 ENV_REDIS_URL = "KAYGRAPH_OTEL_REDIS_URL"
 ENV_REDIS_CHANNEL = "KAYGRAPH_OTEL_REDIS_CHANNEL"
 DEMO_MODULE = "kaygraph_otel_dashboard.demo"
+MAX_INTERVAL_SECONDS = 86_400.0
 
 
 def _env(name: str) -> str | None:
@@ -74,9 +82,43 @@ def _seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid duration {text!r}: expected seconds") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: expected 0 or more seconds")
+    if not 0 <= value <= MAX_INTERVAL_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {text!r}: expected 0 to {MAX_INTERVAL_SECONDS:g} seconds"
+        )
     return value
+
+
+def _fill_from_env(
+    args: argparse.Namespace, attribute: str, option: str, env_name: str, *, strip: bool = True
+) -> str:
+    """Take ``args.<attribute>`` from ``env_name`` when the option is absent; return its source.
+
+    With ``strip`` False a value made of spaces is kept, so that it is rejected, not ignored.
+    """
+    if getattr(args, attribute) is not None:
+        return option
+    value = os.environ.get(env_name, "")
+    setattr(args, attribute, (value.strip() if strip else value) or None)
+    return env_name
+
+
+def _check_sources(args: argparse.Namespace, redis_source: str, token_source: str | None) -> None:
+    """Validate the Redis URL and token, naming the option or variable they came from.
+
+    Raises:
+        ConfigurationError: the Redis URL or the token is invalid.
+    """
+    if args.redis_url is not None:
+        try:
+            validate_redis_url(args.redis_url)
+        except ValueError as error:
+            raise ConfigurationError(f"{redis_source}: {error}") from None
+    if token_source is not None and args.token is not None:
+        try:
+            check_token(args.token)
+        except ConfigurationError as error:
+            raise ConfigurationError(f"{token_source}: {error}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dashboard.add_argument(
         "--redis-url",
-        default=_env(ENV_REDIS_URL),
+        default=None,
         help=f"read events from this Redis server's Pub/Sub channel (default: ${ENV_REDIS_URL}; "
         "without it the dashboard only shows events published in its own process)",
     )
@@ -116,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dashboard.add_argument(
         "--token",
-        default=_env(ENV_TOKEN),
+        default=None,
         help=f"require this token on every request (default: ${ENV_TOKEN}); "
         "required when --host is not a loopback address",
     )
@@ -160,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--redis-url",
-        default=_env(ENV_REDIS_URL),
+        default=None,
         help=f"also publish events to this Redis server (default: ${ENV_REDIS_URL})",
     )
     demo.add_argument(
@@ -205,6 +247,9 @@ def _raise_terminated(signum: int, frame: FrameType | None) -> None:
 
 
 def _run_dashboard(args: argparse.Namespace) -> int:
+    redis_source = _fill_from_env(args, "redis_url", "--redis-url", ENV_REDIS_URL)
+    token_source = _fill_from_env(args, "token", "--token", ENV_TOKEN, strip=False)
+    _check_sources(args, redis_source, token_source)
     if args.redis_url is None:
         print(
             f"{PROG}: note: no --redis-url, so the dashboard shows only events published "
@@ -251,6 +296,16 @@ def _run_demo(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
+    redis_source = _fill_from_env(args, "redis_url", "--redis-url", ENV_REDIS_URL)
+    _check_sources(args, redis_source, None)
+    report_dir = Path(args.report_dir or demo.DEFAULT_REPORT_DIR)
+    try:
+        report_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigurationError(
+            f"cannot create the report directory {str(report_dir)!r}: "
+            f"{error.strerror or error}; pass --report-dir with a directory you can write to"
+        ) from None
     try:
         return int(demo.run_demo(args))
     except KeyboardInterrupt:
@@ -269,7 +324,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args))
     except (ConfigurationError, OSError) as error:
         # OSError's str() starts with "[Errno N]", and its strerror is the message alone.
-        message = error.strerror if isinstance(error, OSError) and error.strerror else error
+        message = str(error)
+        if isinstance(error, OSError) and error.strerror:
+            message = error.strerror
+            if error.filename is not None:
+                message = f"{message}: {error.filename!r}"
         print(f"{PROG}: error: {message}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -12,6 +12,9 @@ from kaygraph_otel_exporters.bus import EventBus, Subscription
 logger = logging.getLogger(__name__)
 
 DEFAULT_FEED_QUEUE = 100_000
+# The subscription returns queued events without suspending, so the task yields to
+# the event loop after this many events to keep requests served during a burst.
+YIELD_EVERY_EVENTS = 500
 
 
 class EventFeed:
@@ -82,7 +85,12 @@ class EventFeed:
     async def _run(self) -> None:
         subscription = self._subscription
         assert subscription is not None
+        since_yield = 0
         async for event in subscription:
+            since_yield += 1
+            if since_yield >= YIELD_EVERY_EVENTS:
+                since_yield = 0
+                await asyncio.sleep(0)
             try:
                 self.ingest(event)
             except Exception:

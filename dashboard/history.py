@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from kaygraph_otel_dashboard.relay import decode_event, validate_redis_url
+from kaygraph_otel_dashboard.relay import InvalidInputLog, decode_event, validate_redis_url
 from kaygraph_otel_exporters.redis import DEFAULT_RUNS_KEY, DEFAULT_STREAM_PREFIX, STREAM_FIELD
 
 logger = logging.getLogger(__name__)
@@ -32,6 +32,7 @@ Event = dict[str, Any]
 EntryId = tuple[int, int]
 
 DEFAULT_MAX_REPLAY = 10_000
+INVALID_LOG_INTERVAL_SECONDS = 30.0
 DEFAULT_SCAN_LIMIT = 10_000
 SCAN_BATCH = 500
 TIMEOUT_SECONDS = 5.0
@@ -85,7 +86,9 @@ class RedisHistory:
         self.scan_limit = scan_limit
         self._field = STREAM_FIELD.encode()
         self._client: aioredis.Redis | None = None
-        self.invalid = 0
+        self._invalid = InvalidInputLog(
+            f"entries of Redis streams {stream_prefix}*", INVALID_LOG_INTERVAL_SECONDS, logger
+        )
 
     def _redis(self) -> aioredis.Redis:
         if self._client is None:
@@ -102,6 +105,11 @@ class RedisHistory:
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
+
+    @property
+    def invalid(self) -> int:
+        """Number of stream entries skipped as invalid since this object was created."""
+        return self._invalid.total
 
     def stream_key(self, correlation_id: str) -> str:
         return f"{self.stream_prefix}{correlation_id}"
@@ -195,6 +203,5 @@ class RedisHistory:
                     raise ValueError(f"entry has no {STREAM_FIELD!r} field")
                 decoded.append((parse_entry_id(entry_id), decode_event(raw)))
             except ValueError as error:
-                self.invalid += 1
-                logger.debug("Skipped stream entry %r: %s", entry_id, error)
+                self._invalid.record(f"entry {entry_id!r}: {error}")
         return decoded

@@ -34,6 +34,7 @@ from kaygraph_otel_dashboard.otlp_spans import (
     parse_request,
     readable_spans,
 )
+from kaygraph_otel_exporters.bus import EventBus
 from kaygraph_otel_exporters.encoder import encode_spans
 
 if TYPE_CHECKING:
@@ -121,9 +122,13 @@ def _error(content_type: str, status_code: int, code: int, text: str) -> Respons
     return _protobuf_reply(status_code, RpcStatus(code=code, message=text))
 
 
-def _decode(body: bytes, content_type: str) -> tuple[int, list[dict[str, Any]]]:
+def _decode_and_publish(body: bytes, content_type: str, bus: EventBus) -> tuple[int, int]:
+    # Runs in a worker thread: a large request takes seconds to decode, and the bus
+    # accepts events from any thread, so the event loop keeps serving meanwhile.
     spans = readable_spans(parse_request(body, content_type))
-    return len(spans), encode_spans(spans, include_started=True)
+    events = encode_spans(spans, include_started=True)
+    bus.publish_many(events)
+    return len(spans), len(events)
 
 
 async def traces_endpoint(request: Request) -> Response:
@@ -153,7 +158,9 @@ async def traces_endpoint(request: Request) -> Response:
         body = await read_body(request, state.max_body_bytes)
         if encoding == "gzip":
             body = gunzip(body, state.max_body_bytes)
-        span_count, events = await run_in_threadpool(_decode, body, content_type)
+        span_count, event_count = await run_in_threadpool(
+            _decode_and_publish, body, content_type, state.bus
+        )
     except BodyTooLargeError as error:
         stats.rejected += 1
         logger.warning("Rejected an OTLP trace request: %s", error)
@@ -163,9 +170,8 @@ async def traces_endpoint(request: Request) -> Response:
         logger.warning("Rejected an OTLP trace request: %s", error)
         return _error(content_type, 400, _INVALID_ARGUMENT, str(error))
 
-    state.bus.publish_many(events)
     stats.spans += span_count
-    stats.events += len(events)
+    stats.events += event_count
     if content_type == JSON:
         return _json_reply(200, {})
     return _protobuf_reply(200, ExportTraceServiceResponse())

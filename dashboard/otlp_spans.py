@@ -20,6 +20,7 @@ from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event as SpanEvent
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
@@ -29,6 +30,10 @@ PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 _ID_FIELDS = ("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id")
 _STATUS_CODES = {0: StatusCode.UNSET, 1: StatusCode.OK, 2: StatusCode.ERROR}
+_TOO_DEEP = (
+    "invalid JSON trace request: arrays or objects are nested deeper than Python's "
+    "recursion limit; send spans with flatter attribute values"
+)
 
 
 class InvalidRequestError(ValueError):
@@ -55,6 +60,8 @@ def parse_request(body: bytes, content_type: str) -> ExportTraceServiceRequest:
         document = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise InvalidRequestError(f"invalid JSON trace request: {error}") from None
+    except RecursionError:
+        raise InvalidRequestError(_TOO_DEEP) from None
     if not isinstance(document, dict):
         raise InvalidRequestError(
             f"invalid JSON trace request: expected an object, got {type(document).__name__}"
@@ -64,6 +71,8 @@ def parse_request(body: bytes, content_type: str) -> ExportTraceServiceRequest:
         json_format.ParseDict(document, request, ignore_unknown_fields=True)
     except json_format.ParseError as error:
         raise InvalidRequestError(f"invalid JSON trace request: {error}") from None
+    except RecursionError:
+        raise InvalidRequestError(_TOO_DEEP) from None
     return request
 
 
@@ -118,6 +127,17 @@ def _attributes(items: Any) -> dict[str, Any]:
     return attributes
 
 
+def _resource_attributes(items: Any) -> dict[str, Any]:
+    # OpenTelemetry attribute values are primitives or flat sequences of them, so
+    # kvlist values and nested arrays, which the SDK would reject with a warning, are left out.
+    return {
+        key: value
+        for key, value in _attributes(items).items()
+        if not isinstance(value, dict)
+        and not (isinstance(value, tuple) and any(isinstance(v, (dict, tuple)) for v in value))
+    }
+
+
 def _span_id(raw: bytes, width: int, name: str) -> int:
     if len(raw) != width:
         raise InvalidRequestError(
@@ -127,7 +147,9 @@ def _span_id(raw: bytes, width: int, name: str) -> int:
     return int.from_bytes(raw, "big")
 
 
-def _readable_span(span: ProtoSpan, scope: InstrumentationScope | None) -> ReadableSpan:
+def _readable_span(
+    span: ProtoSpan, resource: Resource, scope: InstrumentationScope | None
+) -> ReadableSpan:
     trace_id = _span_id(span.trace_id, 16, "trace_id")
     context = SpanContext(
         trace_id, _span_id(span.span_id, 8, "span_id"), is_remote=False,
@@ -147,6 +169,7 @@ def _readable_span(span: ProtoSpan, scope: InstrumentationScope | None) -> Reada
         name=span.name,
         context=context,
         parent=parent,
+        resource=resource,
         attributes=_attributes(span.attributes),
         events=events,
         kind=SpanKind.INTERNAL,
@@ -165,11 +188,16 @@ def readable_spans(request: ExportTraceServiceRequest) -> list[ReadableSpan]:
     """
     spans = []
     for resource_spans in request.resource_spans:
+        # Without a resource, ReadableSpan runs the SDK's resource detectors once per span.
+        resource = Resource(
+            _resource_attributes(resource_spans.resource.attributes),
+            resource_spans.schema_url or None,
+        )
         for scope_spans in resource_spans.scope_spans:
             scope = None
             if scope_spans.scope.name:
                 scope = InstrumentationScope(
                     scope_spans.scope.name, scope_spans.scope.version or None
                 )
-            spans.extend(_readable_span(span, scope) for span in scope_spans.spans)
+            spans.extend(_readable_span(span, resource, scope) for span in scope_spans.spans)
     return spans

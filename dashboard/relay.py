@@ -49,12 +49,19 @@ def validate_redis_url(url: str) -> None:
         ) from None
 
 
-class _InvalidMessageLog:
-    """Counter of rejected Pub/Sub messages that logs one WARNING per interval at most."""
+class InvalidInputLog:
+    """Counter of rejected messages or stream entries that logs one WARNING per interval at most.
 
-    def __init__(self, channel: str, interval: float) -> None:
-        self._channel = channel
+    Args:
+        source: what was rejected and where, such as "message(s) on Redis channel X".
+        interval: minimum number of seconds between two warnings.
+        log: the logger that receives the warnings.
+    """
+
+    def __init__(self, source: str, interval: float, log: logging.Logger = logger) -> None:
+        self._source = source
         self._interval = interval
+        self._logger = log
         self._last_log: float | None = None
         self._unlogged = 0
         self.total = 0
@@ -65,11 +72,10 @@ class _InvalidMessageLog:
         now = time.monotonic()
         if self._last_log is not None and now - self._last_log < self._interval:
             return
-        logger.warning(
-            "Rejected %d invalid message(s) on Redis channel %s since the last warning "
-            "(%d in total); latest: %s",
+        self._logger.warning(
+            "Rejected %d invalid %s since the last warning (%d in total); latest: %s",
             self._unlogged,
-            self._channel,
+            self._source,
             self.total,
             reason,
         )
@@ -93,6 +99,8 @@ def decode_event(payload: bytes | str) -> dict[str, Any]:
         event = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ValueError(f"message is not valid JSON: {error}") from None
+    except RecursionError:
+        raise ValueError("message is JSON nested deeper than Python's recursion limit") from None
     if not isinstance(event, dict):
         raise ValueError(f"message is JSON {type(event).__name__}, expected an object")
     if not isinstance(event.get("event_id"), str):
@@ -143,7 +151,7 @@ class RedisRelay:
         self._channel = channel
         self._initial_backoff = initial_backoff
         self._max_backoff = max_backoff
-        self._invalid = _InvalidMessageLog(channel, log_interval)
+        self._invalid = InvalidInputLog(f"message(s) on Redis channel {channel}", log_interval)
         self._task: asyncio.Task[None] | None = None
         self.connected = False
         self.received = 0

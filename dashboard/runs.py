@@ -180,6 +180,8 @@ class RunRecord:
         self.transitions: collections.Counter[tuple[str, str, str]] = collections.Counter()
         self._event_ids: set[str] = set()
         self._graph_ids: set[str] = set()
+        # Nodes per display state, so that status_now needs no pass over the nodes.
+        self._state_counts: collections.Counter[str] = collections.Counter()
 
     @classmethod
     def from_events(
@@ -295,6 +297,14 @@ class RunRecord:
         node = self.nodes.get(node_id)
         if node is None:
             node = self.nodes[node_id] = NodeRecord(node_id, _text(event.get("node_type")))
+            self._state_counts[node.state] += 1
+        before = node.state
+        self._update_node(node, data, name, when)
+        if node.state != before:
+            self._state_counts[before] -= 1
+            self._state_counts[node.state] += 1
+
+    def _update_node(self, node: NodeRecord, data: dict[str, Any], name: str, when: float) -> None:
         is_item = isinstance(data.get("item_index"), int)
 
         if name == "retry_attempted":
@@ -381,10 +391,10 @@ class RunRecord:
         """The run's status: from workflow events, or from its nodes for a run without them."""
         if self.workflow_finished or self.graph_nodes:
             return self.status
-        states = [node.state for node in self.nodes.values()]
-        if "failed" in states:
+        counts = self._state_counts
+        if counts["failed"]:
             return "failed"
-        if states and all(state in ("completed", "handled") for state in states):
+        if self.nodes and counts["completed"] + counts["handled"] == len(self.nodes):
             return "completed"
         return "running"
 
@@ -473,7 +483,7 @@ class RunRecord:
 class RunStore:
     """The most recent runs, by ``correlation_id``.
 
-    When more than ``max_runs`` runs are known, the oldest finished run is
+    When more than ``max_runs`` runs are known, the run that finished first is
     forgotten first, and the oldest run of all when every run is still running.
     """
 
@@ -487,6 +497,8 @@ class RunStore:
         self.max_runs = max_runs
         self.max_events_per_run = max_events_per_run
         self._runs: collections.OrderedDict[str, RunRecord] = collections.OrderedDict()
+        # Finished runs in the order they finished, so eviction needs no pass over all runs.
+        self._finished: collections.OrderedDict[str, None] = collections.OrderedDict()
 
     def __len__(self) -> int:
         return len(self._runs)
@@ -501,7 +513,13 @@ class RunStore:
             record = RunRecord(correlation_id, self.max_events_per_run)
             self._runs[correlation_id] = record
             self._evict()
-        return record if record.add(event) else None
+        if not record.add(event):
+            return None
+        if record.finished:
+            self._finished.setdefault(correlation_id)
+        else:
+            self._finished.pop(correlation_id, None)
+        return record
 
     def get(self, correlation_id: str) -> RunRecord | None:
         return self._runs.get(correlation_id)
@@ -515,8 +533,9 @@ class RunStore:
 
     def _evict(self) -> None:
         while len(self._runs) > self.max_runs:
-            victim = next(
-                (run_id for run_id, record in self._runs.items() if record.finished),
-                next(iter(self._runs)),
-            )
-            del self._runs[victim]
+            if self._finished:
+                victim, _ = self._finished.popitem(last=False)
+                del self._runs[victim]
+            else:
+                victim, _ = self._runs.popitem(last=False)
+                self._finished.pop(victim, None)

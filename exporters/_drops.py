@@ -81,13 +81,17 @@ class DropReporter:
         self._unlogged = 0
         self._last_log: float | None = None
 
-    def record(self, count: int, reason: str, error: BaseException | str) -> None:
+    def record(
+        self, count: int, reason: str, error: BaseException | str, *, log: bool = True
+    ) -> None:
         """Count ``count`` dropped events and log a warning unless one was logged recently.
 
         Args:
             count: number of events dropped.
             reason: short machine-readable cause, such as ``"connection"`` or ``"timeout"``.
             error: the exception or message that caused the drop.
+            log: False when the caller logs the drop itself; the next warning still
+                includes these events in its count.
         """
         if count <= 0:
             return
@@ -97,6 +101,8 @@ class DropReporter:
             self._total += count
             self._unlogged += count
             now = self._clock()
+            if not log:
+                return
             if self._last_log is not None and now - self._last_log < self._log_interval:
                 return
             since_last, total = self._unlogged, self._total

@@ -42,13 +42,15 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
-from kaygraph_otel.attributes import LIVE_FIRST_EVENT, NODE_KIND, PENDING
+from kaygraph_otel.attributes import EVENT_TYPES, LIVE_FIRST_EVENT, NEXT_NODE_ID, NODE_KIND, PENDING
 from kaygraph_otel_exporters._drops import DropReporter
-from kaygraph_otel_exporters.encoder import encode_span
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_SHUTDOWN_TIMEOUT_MILLIS = 5000
+MIN_SCHEDULE_DELAY_MILLIS = 1
+MAX_SCHEDULE_DELAY_MILLIS = 60_000
+_STARTED = frozenset({"node_started", "workflow_started"})
 
 T = TypeVar("T")
 
@@ -76,7 +78,8 @@ class LiveSpanProcessor(SpanProcessor):
     Args:
         exporter: an exporter of schema events, such as ``RedisEventExporter`` or
             ``BusEventExporter``. The processor calls its ``set_include_started(False)``.
-        schedule_delay_millis: maximum delay in milliseconds before queued spans are exported.
+        schedule_delay_millis: maximum delay in milliseconds before queued spans are
+            exported, from 1 to 60000.
         max_queue_size: maximum number of spans (pending copies included) waiting in the queue.
         max_export_batch_size: maximum number of spans passed to one ``export`` call.
         shutdown_timeout_millis: the longest ``shutdown`` waits for the queue to be
@@ -210,26 +213,55 @@ class LiveSpanProcessor(SpanProcessor):
         self._batch.on_end(span)
 
     def _count_queue_full(self, span: ReadableSpan) -> None:
+        # This runs on the workflow's thread, so the events are estimated, not encoded.
         drops = getattr(self._exporter, "drops", None)
         if not isinstance(drops, DropReporter):
             return
-        include_started = bool(getattr(self._exporter, "include_started", False))
-        count = len(encode_span(span, include_started=include_started))
+        count = estimate_events(span, self._include_started())
         message = f"span queue is full (max_queue_size={self._max_queue_size})"
         drops.record(count, "queue_full", message)
 
+    def _include_started(self) -> bool:
+        return bool(getattr(self._exporter, "include_started", False))
+
     def shutdown(self) -> None:
-        """Export the queue, then shut down the exporter, within ``shutdown_timeout_millis``."""
+        """Export the queue, then shut down the exporter, within ``shutdown_timeout_millis``.
+
+        On timeout the spans still queued are discarded, and their estimated events
+        are counted as ``shutdown`` drops in the exporter's ``drops``, if it has them.
+        """
         self._shutdown = True
         self._progress_stop.set()
         finished, _ = _call_with_timeout(self._batch.shutdown, self._shutdown_timeout_millis)
-        if not finished:
-            logger.warning(
-                "LiveSpanProcessor for %r did not shut down within %d ms; spans still being "
-                "exported may be lost",
-                self._exporter,
-                self._shutdown_timeout_millis,
-            )
+        if finished:
+            return
+        dropped = self._discard_queue()
+        message = f"shutdown did not finish within {self._shutdown_timeout_millis} ms"
+        drops = getattr(self._exporter, "drops", None)
+        if isinstance(drops, DropReporter):
+            drops.record(dropped, "shutdown", message, log=False)
+        # NOTE: the events of the batch that the exporter is still sending are not counted here.
+        logger.warning(
+            "LiveSpanProcessor for %r did not shut down within %d ms; dropped about %d queued "
+            "events, and spans still being exported may be lost",
+            self._exporter,
+            self._shutdown_timeout_millis,
+            dropped,
+        )
+
+    def _discard_queue(self) -> int:
+        # Each pop takes a span that the SDK's worker can no longer export, so no span
+        # is both exported and counted as dropped.
+        queue = self._queue
+        include_started = self._include_started()
+        count = 0
+        while queue:
+            try:
+                span = queue.pop()
+            except IndexError:
+                break
+            count += estimate_events(span, include_started)
+        return count
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         """Export every queued span and flush the exporter; False after shutdown or on timeout."""
@@ -243,6 +275,33 @@ class LiveSpanProcessor(SpanProcessor):
             return False
         remaining_millis = max(0, int((deadline - time.monotonic()) * 1000))
         return bool(self._exporter.force_flush(remaining_millis))
+
+
+def estimate_events(span: ReadableSpan, include_started: bool) -> int:
+    """Estimate how many schema events the encoder makes of ``span``, without encoding it.
+
+    The estimate counts the span events with schema event names from the
+    ``kaygraph.live.first_event`` marker on, plus the ``execution_time`` and
+    ``transition`` events of an ended span. It is exact for node, graph and
+    workflow spans. For phase and batch item spans, and for a transition that the
+    encoder leaves out because the node failed, it can be one or two too high.
+    """
+    attributes = span.attributes or {}
+    first_event = attributes.get(LIVE_FIRST_EVENT)
+    if span.end_time is None and first_event is None:
+        return 1
+    skip_before = first_event if isinstance(first_event, int) else 0
+    count = 0
+    for position, span_event in enumerate(span.events):
+        name = span_event.name
+        if position < skip_before or name not in EVENT_TYPES:
+            continue
+        if name in _STARTED and not include_started:
+            continue
+        count += 1
+    if span.end_time is not None:
+        count += 2 if NEXT_NODE_ID in attributes else 1
+    return count
 
 
 def _sdk_queue(batch: BatchSpanProcessor) -> collections.deque[ReadableSpan] | None:
@@ -348,14 +407,33 @@ def _marked_copy(span: ReadableSpan, first_event: int) -> ReadableSpan:
     )
 
 
+def validate_schedule_delay(value: object, name: str) -> None:
+    """Check a schedule delay in milliseconds: a whole number from 1 to 60000.
+
+    Args:
+        value: the delay to check.
+        name: the argument or environment variable it came from, for the message.
+
+    Raises:
+        ValueError: ``value`` is not a whole number (bool included) or is out of range.
+    """
+    # The SDK's worker waits this long between exports, so a huge delay would never
+    # export, and one beyond what threading accepts kills the worker thread.
+    if (
+        not isinstance(value, int)
+        or isinstance(value, bool)
+        or not MIN_SCHEDULE_DELAY_MILLIS <= value <= MAX_SCHEDULE_DELAY_MILLIS
+    ):
+        raise ValueError(
+            f"{name} must be a whole number of milliseconds from {MIN_SCHEDULE_DELAY_MILLIS} "
+            f"to {MAX_SCHEDULE_DELAY_MILLIS}, got {value!r}; the default is 200"
+        )
+
+
 def _validate_sizes(
     schedule_delay_millis: int, max_queue_size: int, max_export_batch_size: int
 ) -> None:
-    if schedule_delay_millis <= 0:
-        raise ValueError(
-            f"schedule_delay_millis must be positive, got {schedule_delay_millis!r}; "
-            "the default is 200"
-        )
+    validate_schedule_delay(schedule_delay_millis, "schedule_delay_millis")
     if max_queue_size <= 0:
         raise ValueError(
             f"max_queue_size must be positive, got {max_queue_size!r}. The default is 8192"

@@ -25,13 +25,17 @@ from these environment variables when they are set:
   circuit (default 5).
 - ``KAYGRAPH_OTEL_BREAKER_RESET_SECONDS``: seconds an open circuit waits before a
   trial call (default 10).
-- ``KAYGRAPH_OTEL_FLUSH_INTERVAL_MS``: the live path's schedule delay in milliseconds.
+- ``KAYGRAPH_OTEL_FLUSH_INTERVAL_MS``: the live path's schedule delay in milliseconds,
+  from 1 to 60000.
 
 The standard ``OTEL_EXPORTER_OTLP_ENDPOINT`` and
 ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` variables turn on OTLP/HTTP export of
 the spans themselves, ``OTEL_SERVICE_NAME`` and ``OTEL_RESOURCE_ATTRIBUTES``
 fill the resource, and ``OTEL_TRACES_SAMPLER`` chooses the sampler, as in any
-OpenTelemetry SDK setup.
+OpenTelemetry SDK setup. Each OTLP export, retries included, times out after 5 s
+unless ``OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`` or ``OTEL_EXPORTER_OTLP_TIMEOUT``
+sets another number of seconds, and ``shutdown()`` waits at most 6 s for the
+OTLP exporter.
 """
 
 from __future__ import annotations
@@ -39,7 +43,6 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit, urlunsplit
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
@@ -54,6 +57,11 @@ from kaygraph_otel_exporters._breaker import (
     DEFAULT_FAILURE_THRESHOLD,
     DEFAULT_RESET_SECONDS,
     validate_breaker_settings,
+)
+from kaygraph_otel_exporters._otlp import (
+    OTLP_SHUTDOWN_TIMEOUT_MILLIS,
+    BoundedBatchSpanProcessor,
+    otlp_exporter,
 )
 from kaygraph_otel_exporters._settings import (
     ENV_BREAKER_FAILURES,
@@ -71,7 +79,7 @@ from kaygraph_otel_exporters._settings import (
 from kaygraph_otel_exporters._urls import redact_url
 from kaygraph_otel_exporters.bus import EventBus, get_default_bus
 from kaygraph_otel_exporters.bus_exporter import BusEventExporter
-from kaygraph_otel_exporters.live import LiveSpanProcessor
+from kaygraph_otel_exporters.live import LiveSpanProcessor, validate_schedule_delay
 from kaygraph_otel_exporters.redis import (
     DEFAULT_CHANNEL,
     DEFAULT_STREAM_MAXLEN,
@@ -83,10 +91,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_SERVICE_NAME = "kaygraph-workflow"
 DEFAULT_SCHEDULE_DELAY_MILLIS = 200
-
-OTLP_ENV_VARS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
-OTLP_TRACES_PATH = "/v1/traces"
-OTLP_EXTRA = "kaygraph-otel[dashboard]"
+_OTLP_NAME = "OTLP/HTTP"
 
 
 @dataclass(frozen=True)
@@ -146,7 +151,7 @@ def configure(
             path, such as ``http://127.0.0.1:4318``, gets ``/v1/traces`` appended.
         console: also print every span to standard output, for debugging.
         schedule_delay_millis: how long the live processors wait, in milliseconds,
-            before exporting queued spans.
+            before exporting queued spans, from 1 to 60000.
         set_global: make the provider the global OpenTelemetry tracer provider.
 
     Returns:
@@ -156,7 +161,8 @@ def configure(
     Raises:
         ValueError: when an argument or environment variable has an invalid value, or
             a webhook URL is given without a secret.
-        TypeError: when ``bus`` is not an ``EventBus``.
+        TypeError: when ``bus`` is not an ``EventBus``, a flag is not a bool, or
+            ``otlp_endpoint`` is not a string.
         ImportError: when OTLP export is requested but its exporter package is missing.
     """
     options = _event_options(
@@ -168,14 +174,15 @@ def configure(
         breaker_failures,
         breaker_reset_seconds,
     )
+    for name, flag in (("use_bus", use_bus), ("console", console), ("set_global", set_global)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be True or False, got {type(flag).__name__} {flag!r}")
+    validate_schedule_delay(schedule_delay_millis, "schedule_delay_millis")
     if schedule_delay_millis == DEFAULT_SCHEDULE_DELAY_MILLIS:
         from_env = env_int(ENV_FLUSH_INTERVAL_MS, 1, "200 (milliseconds)")
-        schedule_delay_millis = from_env or schedule_delay_millis
-    if not isinstance(schedule_delay_millis, int) or schedule_delay_millis <= 0:
-        raise ValueError(
-            f"schedule_delay_millis must be a positive whole number of milliseconds, "
-            f"got {schedule_delay_millis!r}. The default is {DEFAULT_SCHEDULE_DELAY_MILLIS}"
-        )
+        if from_env is not None:
+            validate_schedule_delay(from_env, ENV_FLUSH_INTERVAL_MS)
+            schedule_delay_millis = from_env
 
     # Every exporter is built, and every argument checked, before the first processor
     # starts its worker thread, so an invalid argument leaves no thread behind.
@@ -188,8 +195,13 @@ def configure(
         provider.add_span_processor(
             LiveSpanProcessor(exporter, schedule_delay_millis=schedule_delay_millis)
         )
-    for _, exporter in span_exporters:
-        provider.add_span_processor(BatchSpanProcessor(exporter))
+    for name, exporter in span_exporters:
+        if name == _OTLP_NAME:
+            provider.add_span_processor(
+                BoundedBatchSpanProcessor(exporter, OTLP_SHUTDOWN_TIMEOUT_MILLIS)
+            )
+        else:
+            provider.add_span_processor(BatchSpanProcessor(exporter))
     destinations = [name for name, _ in live_exporters + span_exporters]
 
     if destinations:
@@ -282,9 +294,9 @@ def _event_exporters(
 
 def _span_exporters(otlp_endpoint: str | None, console: bool) -> list[tuple[str, SpanExporter]]:
     exporters: list[tuple[str, SpanExporter]] = []
-    otlp_exporter = _otlp_exporter(otlp_endpoint)
-    if otlp_exporter is not None:
-        exporters.append(("OTLP/HTTP", otlp_exporter))
+    otlp = otlp_exporter(otlp_endpoint)
+    if otlp is not None:
+        exporters.append((_OTLP_NAME, otlp))
     if console:
         exporters.append(("the console", ConsoleSpanExporter()))
     return exporters
@@ -311,34 +323,6 @@ def _env_names_service() -> bool:
     return any(
         pair.split("=", 1)[0].strip() == SERVICE_NAME for pair in resource_attributes.split(",")
     )
-
-
-def _otlp_exporter(otlp_endpoint: str | None) -> SpanExporter | None:
-    if otlp_endpoint is None and not any(env_text(name) for name in OTLP_ENV_VARS):
-        return None
-    try:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    except ImportError as exc:
-        raise ImportError(
-            "OTLP export needs the opentelemetry-exporter-otlp-proto-http package, which "
-            f"failed to import ({exc}). Install it with `pip install '{OTLP_EXTRA}'`"
-        ) from exc
-    if otlp_endpoint is None:
-        # The exporter reads the standard environment variables itself.
-        return OTLPSpanExporter()
-    return OTLPSpanExporter(endpoint=_otlp_traces_url(otlp_endpoint))
-
-
-def _otlp_traces_url(endpoint: str) -> str:
-    parts = urlsplit(endpoint)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(
-            f"invalid otlp_endpoint {redact_url(endpoint)!r}: expected an http:// or https:// URL "
-            "such as 'http://127.0.0.1:4318'"
-        )
-    if parts.path in ("", "/"):
-        parts = parts._replace(path=OTLP_TRACES_PATH)
-    return urlunsplit(parts)
 
 
 def _set_global_provider(provider: TracerProvider) -> None:

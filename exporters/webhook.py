@@ -33,7 +33,9 @@ Responses, per attempt:
 - 429, and 503 with ``Retry-After``: retried after the header's delay (seconds
   or an HTTP date, capped at ``max_retry_after_seconds``).
 - Other 5xx, 408, timeouts and connection errors: retried with exponential
-  backoff and jitter, up to ``max_attempts`` attempts in all.
+  backoff and jitter, up to ``max_attempts`` attempts in all. An attempt that
+  takes longer than ``attempt_timeout`` in all, such as one to an endpoint that
+  trickles its response, is aborted and counts as a timeout.
 - 3xx: not followed and not retried (``redirect``).
 - 410: the endpoint is gone. The exporter logs it once and drops this and every
   later body (``gone``).
@@ -62,6 +64,7 @@ from kaygraph_otel_exporters._breaker import (
     DEFAULT_RESET_SECONDS,
     CircuitOpenError,
 )
+from kaygraph_otel_exporters._deadline import attempt_deadline, deadline_passed, deadline_transport
 from kaygraph_otel_exporters._delivery import Delivery, DeliveryQueue, build_deliveries
 from kaygraph_otel_exporters._drops import DEFAULT_LOG_INTERVAL_SECONDS
 from kaygraph_otel_exporters._retry import backoff_delay, parse_retry_after
@@ -79,6 +82,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_BODY_BYTES = 256 * 1024
 DEFAULT_MAX_QUEUE_BYTES = 8 * 1024 * 1024
 DEFAULT_SHUTDOWN_TIMEOUT_MILLIS = 3000
+DEFAULT_ATTEMPT_TIMEOUT_SECONDS = 10.0
 # At most this much of a response body is read, so that a keep-alive connection can be reused.
 MAX_RESPONSE_BYTES = 64 * 1024
 USER_AGENT = f"kaygraph-otel/{__version__}"
@@ -118,6 +122,8 @@ class WebhookSpanExporter(SchemaEventExporter):
         read_timeout: seconds to wait for each read of the response.
         write_timeout: seconds to wait for each write of the request.
         pool_timeout: seconds to wait for a free connection in the client's pool.
+        attempt_timeout: seconds one attempt may take in all, from connecting to
+            reading the response; past it the attempt is aborted as a timeout.
         max_attempts: attempts per body, the first included.
         backoff_initial_seconds: the delay after the first failed attempt; it doubles
             after each further one, with jitter.
@@ -152,6 +158,7 @@ class WebhookSpanExporter(SchemaEventExporter):
         read_timeout: float = 10.0,
         write_timeout: float = 10.0,
         pool_timeout: float = 2.0,
+        attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT_SECONDS,
         max_attempts: int = 5,
         backoff_initial_seconds: float = 0.5,
         backoff_max_seconds: float = 30.0,
@@ -171,6 +178,7 @@ class WebhookSpanExporter(SchemaEventExporter):
             ("read_timeout", read_timeout),
             ("write_timeout", write_timeout),
             ("pool_timeout", pool_timeout),
+            ("attempt_timeout", attempt_timeout),
             ("backoff_initial_seconds", backoff_initial_seconds),
             ("backoff_max_seconds", backoff_max_seconds),
             ("max_retry_after_seconds", max_retry_after_seconds),
@@ -194,6 +202,7 @@ class WebhookSpanExporter(SchemaEventExporter):
         self._timeout = httpx.Timeout(
             connect=connect_timeout, read=read_timeout, write=write_timeout, pool=pool_timeout
         )
+        self._attempt_timeout = float(attempt_timeout)
         self._max_attempts = max_attempts
         self._backoff_initial = float(backoff_initial_seconds)
         self._backoff_max = float(backoff_max_seconds)
@@ -217,7 +226,9 @@ class WebhookSpanExporter(SchemaEventExporter):
         return httpx.Client(
             timeout=self._timeout,
             follow_redirects=False,
-            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+            transport=deadline_transport(
+                httpx.Limits(max_connections=1, max_keepalive_connections=1)
+            ),
             headers={"user-agent": USER_AGENT, "content-type": "application/json"},
         )
 
@@ -337,12 +348,13 @@ class WebhookSpanExporter(SchemaEventExporter):
         timestamp = datetime.datetime.now(datetime.timezone.utc)
         headers = dict(self._extra_headers)
         headers.update(self._signer.headers(delivery.webhook_id, timestamp, delivery.body))
-        # NOTE: httpx times each connect, read and write separately, so an endpoint that
-        # trickles its response one byte per read timeout can hold one attempt longer.
-        with client.stream("POST", self._url, content=delivery.body, headers=headers) as response:
-            _read_some(response)
-            status = response.status_code
-            retry_after = response.headers.get("retry-after")
+        with attempt_deadline(self._attempt_timeout):
+            with client.stream(
+                "POST", self._url, content=delivery.body, headers=headers
+            ) as response:
+                _read_some(response, self._attempt_timeout)
+                status = response.status_code
+                retry_after = response.headers.get("retry-after")
         _raise_for_status(status, retry_after, self._max_retry_after)
 
     def _reject(self, delivery: Delivery, error: _RejectedError) -> None:
@@ -448,9 +460,13 @@ def _raise_for_status(status: int, retry_after: str | None, max_retry_after: flo
     raise _RejectedError("rejected", status)
 
 
-def _read_some(response: httpx.Response) -> None:
+def _read_some(response: httpx.Response, attempt_timeout: float) -> None:
     read = 0
     for chunk in response.iter_raw():
+        if deadline_passed():
+            raise httpx.ReadTimeout(
+                f"the response took longer than attempt_timeout={attempt_timeout} s"
+            )
         read += len(chunk)
         if read > MAX_RESPONSE_BYTES:
             # Leaving the body unread makes httpx close this connection instead of reusing it.

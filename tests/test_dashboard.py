@@ -611,6 +611,72 @@ def test_cli_bad_settings_fail(
     assert "Traceback" not in stderr
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("KAYGRAPH_OTEL_DASHBOARD_TOKEN", "short", "at least 16"),
+        ("KAYGRAPH_OTEL_DASHBOARD_TOKEN", " " * 24, "contains whitespace"),
+        ("KAYGRAPH_OTEL_REDIS_URL", "bogus", "invalid Redis URL 'bogus'"),
+    ],
+)
+def test_cli_bad_environment_named(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+    value: str,
+    expected: str,
+) -> None:
+    monkeypatch.setenv(variable, value)
+    status = cli.main(["dashboard", "--port", "0"])
+    stderr = capsys.readouterr().err
+    assert status == 2
+    assert f"error: {variable}: " in stderr
+    assert expected in stderr
+    assert len(stderr.strip().splitlines()) == 1
+
+
+def test_cli_blank_token_option_rejected(capsys: pytest.CaptureFixture[str]) -> None:
+    status = cli.main(["dashboard", "--port", "0", "--token", " " * 24])
+    stderr = capsys.readouterr().err
+    assert status == 2
+    assert "--token: the dashboard token of 24 characters contains whitespace" in stderr
+
+
+def test_cli_demo_bad_redis_url(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KAYGRAPH_OTEL_REDIS_URL", raising=False)
+    status = cli.main(["demo", "--redis-url", "bogus", "--no-dashboard", "--runs", "1"])
+    stderr = capsys.readouterr().err
+    assert status == 2
+    assert "--redis-url: invalid Redis URL 'bogus'" in stderr
+    assert "redis://127.0.0.1:6379/0" in stderr
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("interval", ["inf", "1e300", "nan", "-1"])
+def test_cli_demo_bad_interval(capsys: pytest.CaptureFixture[str], interval: str) -> None:
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["demo", "--interval", interval, "--no-dashboard", "--runs", "1"])
+    stderr = capsys.readouterr().err
+    assert caught.value.code == 2
+    assert f"invalid duration '{interval}': expected 0 to 86400 seconds" in stderr
+
+
+def test_cli_demo_report_dir_not_creatable(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    report_dir = blocker / "reports"
+    status = cli.main(["demo", "--report-dir", str(report_dir), "--no-dashboard", "--runs", "1"])
+    stderr = capsys.readouterr().err
+    assert status == 2
+    assert f"cannot create the report directory '{report_dir}'" in stderr
+    assert "pass --report-dir" in stderr
+    assert "Traceback" not in stderr
+
+
 def test_cli_demo_module_missing(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -719,10 +785,13 @@ def test_redis_invalid_messages_skipped(
         redis_client.publish(channel, "not json {")
         redis_client.publish(channel, "[1, 2]")
         redis_client.publish(channel, json.dumps({"event_name": "node_started"}))
+        redis_client.publish(channel, "[" * 100_000 + "]" * 100_000)
         redis_client.publish(channel, compact(event))
         message = reader.next_message()
+    stats = relay_stats(redis_mode)
     assert message["id"] == sse_id(event)
-    assert relay_stats(redis_mode)["invalid"] == 3
+    assert stats["invalid"] == 4
+    assert stats["reconnect_attempts"] == 0
 
 
 def test_redis_relay_survives_restart(
@@ -784,6 +853,7 @@ def test_relay_hides_password_in_errors() -> None:
         (b"[1, 2]", "expected an object"),
         (b'{"event_id": 5}', "event_id"),
         (b" " * (MAX_MESSAGE_BYTES + 1), "exceeds the limit"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested deeper"),
     ],
 )
 def test_decode_event_rejects(payload: bytes, reason: str) -> None:

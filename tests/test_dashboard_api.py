@@ -6,6 +6,7 @@ CLI in a child process. Every read has a timeout, so a missing reply fails the t
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import os
@@ -24,8 +25,9 @@ import pytest
 
 from kaygraph_otel_dashboard import cli
 from kaygraph_otel_dashboard.app import create_app
+from kaygraph_otel_dashboard.feed import YIELD_EVERY_EVENTS, EventFeed
 from kaygraph_otel_dashboard.metrics import NodeMetrics
-from kaygraph_otel_dashboard.runs import RunStore
+from kaygraph_otel_dashboard.runs import RunRecord, RunStore
 from kaygraph_otel_dashboard.sse import format_event_id, parse_event_id
 from kaygraph_otel_exporters.bus import EventBus
 from tests.helpers import free_port, wait_for
@@ -440,3 +442,80 @@ def test_cli_dashboard_limits_parsed() -> None:
 def test_cli_dashboard_limits_rejected(argv: list[str]) -> None:
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["dashboard", *argv])
+
+
+def test_run_store_evicts_without_scanning_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    checks = 0
+    original = RunRecord.finished
+
+    def counted(record: RunRecord) -> bool:
+        nonlocal checks
+        checks += 1
+        return bool(original.fget(record))
+
+    monkeypatch.setattr(RunRecord, "finished", property(counted))
+    store = RunStore(max_runs=50)
+    for index in range(500):
+        store.add(make_event("node_started", "a", run=f"run-{index}"))
+
+    assert len(store) == 50
+    assert store.get("run-499") is not None
+    assert store.get("run-449") is None
+    # One check per applied event; a scan over all runs on each eviction costs 50 each.
+    assert checks <= 500
+
+
+def test_run_store_evicts_first_finished_run() -> None:
+    store = RunStore(max_runs=3)
+    store.add(make_event("node_started", "a", run="old"))
+    store.add(make_event("node_started", "a", run="middle"))
+    store.add(make_event("node_completed", "a", run="middle", state="completed"))
+    store.add(make_event("node_completed", "a", run="old", state="completed"))
+    store.add(make_event("node_started", "b", run="old"))
+    store.add(make_event("node_started", "a", run="new-1"))
+    store.add(make_event("node_started", "a", run="new-2"))
+
+    # "old" started again, so it is running and "middle" is the only finished run.
+    assert store.get("middle") is None
+    assert store.get("old") is not None
+    assert store.get("new-1") is not None
+    assert store.get("new-2") is not None
+
+
+def test_run_status_follows_node_states() -> None:
+    store = RunStore()
+    store.add(make_event("node_started", "a", run="r"))
+    record = store.get("r")
+    assert record is not None
+    assert record.status_now == "running"
+    store.add(make_event("node_completed", "a", run="r", state="completed"))
+    assert record.status_now == "completed"
+    store.add(make_event("node_started", "b", run="r"))
+    assert record.status_now == "running"
+    store.add(make_event("node_failed", "b", run="r", state="failed",
+                         error={"type": "E", "message": "m"}))  # fmt: skip
+    assert record.status_now == "failed"
+
+
+def test_feed_yields_during_large_burst() -> None:
+    async def progress_seen_by_other_task() -> list[int]:
+        bus = EventBus(max_buffer=10)
+        feed = EventFeed(bus, RunStore(), NodeMetrics())
+        feed.start()
+        total = 4 * YIELD_EVERY_EVENTS
+        bus.publish_many(
+            make_event("node_started", f"n{index}", run="burst") for index in range(total)
+        )
+        seen = []
+        for _ in range(10 * total):
+            seen.append(feed.applied)
+            if feed.applied >= total:
+                break
+            await asyncio.sleep(0)
+        await feed.stop()
+        return seen
+
+    seen = asyncio.run(progress_seen_by_other_task())
+    total = 4 * YIELD_EVERY_EVENTS
+    assert seen[-1] == total
+    assert any(0 < applied < total for applied in seen)

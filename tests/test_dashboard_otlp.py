@@ -8,6 +8,7 @@ publishes must equal what the encoder makes of the same spans locally.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 from collections.abc import Iterator
@@ -25,12 +26,14 @@ from opentelemetry.exporter.otlp.proto.http import Compression as ProtoCompressi
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
     OTLPSpanExporter as ProtoSpanExporter,
 )
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import kaygraph_otel
 from kaygraph_otel_dashboard.app import create_app
+from kaygraph_otel_dashboard.otlp_spans import readable_spans
 from kaygraph_otel_dashboard.server import RunningServer
 from kaygraph_otel_exporters.bus import EventBus
 from kaygraph_otel_exporters.encoder import encode_spans
@@ -260,3 +263,95 @@ def test_otlp_requires_token(bus: EventBus) -> None:
         )
     assert anonymous.status_code == 401
     assert by_id(bus.recent()) == by_id(expected)
+
+
+def json_request(*spans: dict[str, Any]) -> bytes:
+    return json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": list(spans)}]}]}).encode()
+
+
+def json_span(kind: str, **extra: Any) -> dict[str, Any]:
+    """Return an OTLP/JSON span of kind ``kind`` with trace id 1 and span id 1."""
+    attributes = [{"key": "kaygraph.node_kind", "value": {"stringValue": kind}}]
+    attributes.extend(
+        {"key": key, "value": {"stringValue": value}}
+        for key, value in extra.pop("attributes", {}).items()
+    )
+    return {
+        "traceId": "0" * 31 + "1",
+        "spanId": "0" * 15 + "1",
+        "name": "n",
+        "startTimeUnixNano": "1",
+        "attributes": attributes,
+        **extra,
+    }
+
+
+def test_otlp_deeply_nested_json_rejected(server: RunningServer) -> None:
+    response = post(server, b"[" * 100_000 + b"]" * 100_000, JSON)
+    assert response.status_code == 400
+    assert "nested deeper" in response.json()["message"]
+
+
+def test_otlp_span_without_start_time_accepted(bus: EventBus, server: RunningServer) -> None:
+    span = json_span("node", startTimeUnixNano="0", endTimeUnixNano="2")
+    response = post(server, json_request(span), JSON)
+    assert response.status_code == 200
+    durations = [
+        event["data"]["metrics"]["duration_ms"]
+        for event in bus.recent()
+        if event["event_name"] == "execution_time"
+    ]
+    assert durations == [0.0]
+
+
+def test_otlp_deep_graph_structure_dropped(bus: EventBus, server: RunningServer) -> None:
+    deep = "[" * 50_000 + "]" * 50_000
+    span = json_span("workflow", attributes={"kaygraph.graph.structure": deep})
+    response = post(server, json_request(span), JSON)
+    started = [event for event in bus.recent() if event["event_name"] == "workflow_started"]
+    assert response.status_code == 200
+    assert len(started) == 1
+    assert "graph" not in started[0]["data"]
+
+
+def test_otlp_spans_share_request_resource() -> None:
+    request = ExportTraceServiceRequest()
+    resource_spans = request.resource_spans.add()
+    service = resource_spans.resource.attributes.add()
+    service.key, service.value.string_value = "service.name", "billing"
+    nested = resource_spans.resource.attributes.add()
+    nested.key = "nested"
+    nested.value.kvlist_value.values.add(key="a").value.int_value = 1
+    scope_spans = resource_spans.scope_spans.add()
+    for index in range(1, 3):
+        span = scope_spans.spans.add()
+        span.trace_id = (7).to_bytes(16, "big")
+        span.span_id = index.to_bytes(8, "big")
+
+    first, second = readable_spans(request)
+    assert first.resource is second.resource
+    assert first.resource.attributes == {"service.name": "billing"}
+
+
+class _ThreadRecordingBus(EventBus):
+    """A bus that records whether each ``publish_many`` call ran on an event loop thread."""
+
+    def __init__(self) -> None:
+        super().__init__(max_buffer=100)
+        self.on_event_loop: list[bool] = []
+
+    def publish_many(self, events: Any) -> None:
+        try:
+            asyncio.get_running_loop()
+            self.on_event_loop.append(True)
+        except RuntimeError:
+            self.on_event_loop.append(False)
+        super().publish_many(events)
+
+
+def test_otlp_publishes_off_event_loop() -> None:
+    bus = _ThreadRecordingBus()
+    with running(create_app(bus=bus)) as server:
+        response = post(server, json_request(json_span("node", endTimeUnixNano="2")), JSON)
+    assert response.status_code == 200
+    assert bus.on_event_loop == [False]

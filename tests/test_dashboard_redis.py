@@ -26,6 +26,9 @@ from kaygraph_otel_exporters.redis import DEFAULT_RUNS_KEY, DEFAULT_STREAM_PREFI
 from tests.helpers import wait_for
 from tests.test_dashboard import READ_TIMEOUT_S, SSEReader, compact, make_event, sse_id
 
+# JSON nested deeper than Python's recursion limit, which json.loads cannot decode.
+DEEP_JSON = "[" * 100_000 + "]" * 100_000
+
 
 @pytest.fixture
 def channel() -> str:
@@ -197,14 +200,35 @@ def test_history_skips_invalid_entries(redis_url: str, channel: str, client: red
     good = events_of("run-x", 1)
     client.xadd(f"{DEFAULT_STREAM_PREFIX}run-x", {"other": "field"})
     client.xadd(f"{DEFAULT_STREAM_PREFIX}run-x", {STREAM_FIELD: "not json"})
+    client.xadd(f"{DEFAULT_STREAM_PREFIX}run-x", {STREAM_FIELD: DEEP_JSON})
     client.xadd(f"{DEFAULT_STREAM_PREFIX}run-x", {STREAM_FIELD: compact(good[0])})
     server = start(redis_url, channel, history_runs=0)
     try:
         with httpx.Client(base_url=server.url, timeout=READ_TIMEOUT_S) as http:
-            detail = http.get("/api/runs/run-x").json()
+            response = http.get("/api/runs/run-x")
     finally:
         server.stop()
-    assert detail["events"] == good
+    assert response.status_code == 200
+    assert response.json()["events"] == good
+
+
+def test_startup_history_skips_deep_entry(
+    redis_url: str, channel: str, client: redis.Redis
+) -> None:
+    good = events_of("run-deep", 2)
+    client.xadd(f"{DEFAULT_STREAM_PREFIX}run-deep", {STREAM_FIELD: DEEP_JSON})
+    write(client, channel, good)
+    app = create_app(redis_url=redis_url, channel=channel, history_runs=5)
+    server = start_in_thread(app)
+    try:
+        with httpx.Client(base_url=server.url, timeout=READ_TIMEOUT_S) as http:
+            loaded = wait_for(lambda: len(http.get("/api/runs").json()["runs"]) == 1, 10.0)
+            state = http.get("/api/state").json()["events"]
+    finally:
+        server.stop()
+    assert loaded
+    assert state == good
+    assert app.state.dashboard.history.invalid == 1
 
 
 @pytest.mark.parametrize(

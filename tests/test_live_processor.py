@@ -16,10 +16,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 
 from kaygraph_otel import attributes as attrs
-from kaygraph_otel_exporters import BusEventExporter, LiveSpanProcessor, RedisEventExporter
+from kaygraph_otel_exporters import BusEventExporter, LiveSpanProcessor, RedisEventExporter, encoder
 from kaygraph_otel_exporters.bus import EventBus
 from kaygraph_otel_exporters.encoder import encode_spans
-from kaygraph_otel_exporters.live import PENDING
+from kaygraph_otel_exporters.live import PENDING, estimate_events
 from tests.exporter_support import (
     ChannelReader,
     complete_node_span,
@@ -29,7 +29,7 @@ from tests.exporter_support import (
     schema_errors,
     start_node_span,
 )
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_for
 
 FAST_DELAY_MS = 50
 
@@ -311,7 +311,10 @@ class TestConstruction:
     @pytest.mark.parametrize(
         ("kwargs", "message"),
         [
-            ({"schedule_delay_millis": 0}, "schedule_delay_millis must be positive"),
+            ({"schedule_delay_millis": 0}, "schedule_delay_millis must be a whole number"),
+            ({"schedule_delay_millis": 10**11}, "from 1 to 60000, got 100000000000"),
+            ({"schedule_delay_millis": 10**20}, "from 1 to 60000"),
+            ({"schedule_delay_millis": True}, "schedule_delay_millis must be a whole number"),
             ({"max_queue_size": 0}, "max_queue_size must be positive"),
             ({"max_queue_size": 10, "max_export_batch_size": 11}, "max_export_batch_size"),
         ],
@@ -331,3 +334,97 @@ class TestConstruction:
 
         assert len(exporter.spans()) == 2
         assert processor.force_flush() is False
+
+
+class GatedBusExporter(RecordingBusExporter):
+    """A real BusEventExporter whose sends wait until ``gate`` is set, as a hanging backend."""
+
+    def __init__(self, bus: EventBus, gate: threading.Event) -> None:
+        super().__init__(bus)
+        self._gate = gate
+
+    def _send(self, events: list[dict[str, Any]]) -> None:
+        self._gate.wait(GATE_TIMEOUT_S)
+        super()._send(events)
+
+
+GATE_TIMEOUT_S = 10.0
+
+
+class TestDropsWithoutEncoding:
+    def test_queue_full_not_encoded_on_workflow_thread(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        encoding_threads: list[str] = []
+        event = encoder._SpanFields.event
+
+        def recording_event(fields: Any, *args: Any) -> dict[str, Any]:
+            encoding_threads.append(threading.current_thread().name)
+            return event(fields, *args)
+
+        monkeypatch.setattr(encoder._SpanFields, "event", recording_event)
+        gate = threading.Event()
+        exporter = GatedBusExporter(EventBus(), gate)
+        processor = LiveSpanProcessor(exporter, max_queue_size=2, max_export_batch_size=2)
+        provider, tracer = make_tracer(processor)
+        try:
+            for index in range(4):
+                run_node(tracer, f"dropped-{index}")
+            dropped = exporter.stats()["dropped_by_reason"]
+        finally:
+            gate.set()
+            provider.shutdown()
+
+        assert dropped["queue_full"] > 0
+        assert threading.main_thread().name not in encoding_threads
+
+    def test_estimate_matches_encoder(self) -> None:
+        memory = InMemorySpanExporter()
+        provider, tracer = make_tracer(SimpleSpanProcessor(memory))
+        parent = start_node_span(tracer, "parent")
+        child = start_node_span(tracer, "child", parent=parent)
+        child.set_attribute(attrs.NEXT_NODE_ID, "next")
+        complete_node_span(child)
+        complete_node_span(parent)
+        provider.shutdown()
+
+        for span in memory.get_finished_spans():
+            for include_started in (True, False):
+                expected = len(encode_spans([span], include_started=include_started))
+                assert estimate_events(span, include_started) == expected
+
+    def test_shutdown_timeout_counts_queued_events(self, caplog: pytest.LogCaptureFixture) -> None:
+        caplog.set_level(logging.WARNING, logger="kaygraph_otel_exporters.live")
+        gate = threading.Event()
+        exporter = GatedBusExporter(EventBus(), gate)
+        processor = LiveSpanProcessor(
+            exporter,
+            schedule_delay_millis=60_000,
+            max_export_batch_size=2,
+            shutdown_timeout_millis=200,
+        )
+        memory = InMemorySpanExporter()
+        provider, tracer = make_tracer(processor, SimpleSpanProcessor(memory))
+        try:
+            # The first node's two spans fill a batch, which the worker takes and blocks on.
+            run_node(tracer, "exporting")
+            queue = processor._queue
+            assert queue is not None
+            assert wait_for(lambda: not queue, 10.0)
+            run_node(tracer, "queued-1")
+            run_node(tracer, "queued-2")
+            processor.shutdown()
+            dropped = exporter.stats()["dropped_by_reason"]
+        finally:
+            gate.set()
+        queued = [
+            s for s in memory.get_finished_spans() if s.attributes[attrs.NODE_ID] != "exporting"
+        ]
+
+        # Each queued node has a pending copy (node_started) and its ended span
+        # (node_completed and execution_time, the started event being already sent).
+        expected = len(queued) * 3
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert dropped == {"shutdown": expected}
+        assert len(warnings) == 1
+        assert f"dropped about {expected} queued events" in warnings[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import subprocess
@@ -18,10 +19,14 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
 from kaygraph_otel_exporters import LiveSpanProcessor, configure
+from kaygraph_otel_exporters._otlp import DEFAULT_OTLP_TIMEOUT_SECONDS
 from kaygraph_otel_exporters.bus import EventBus
 from tests.exporter_support import ChannelReader, run_node, schema_errors
+from tests.helpers import free_port
+from tests.test_webhook_exporter import SilentReceiver
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+HANG_GUARD_S = 60.0
 SETUP_LOGGER = "kaygraph_otel_exporters.setup"
 CONFIG_ENV_VARS = (
     "KAYGRAPH_OTEL_REDIS_URL",
@@ -29,6 +34,8 @@ CONFIG_ENV_VARS = (
     "KAYGRAPH_OTEL_FLUSH_INTERVAL_MS",
     "OTEL_EXPORTER_OTLP_ENDPOINT",
     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
     "OTEL_SERVICE_NAME",
     "OTEL_RESOURCE_ATTRIBUTES",
 )
@@ -193,6 +200,57 @@ class TestRedis:
         with pytest.raises(ValueError, match=f"invalid KAYGRAPH_OTEL_FLUSH_INTERVAL_MS '{value}'"):
             configure(set_global=False)
 
+    @pytest.mark.parametrize("value", ["60001", "99999999999999999999"])
+    def test_flush_interval_above_range_rejected(
+        self, value: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("KAYGRAPH_OTEL_FLUSH_INTERVAL_MS", value)
+
+        with pytest.raises(ValueError) as caught:
+            configure(use_bus=True, set_global=False)
+        assert "KAYGRAPH_OTEL_FLUSH_INTERVAL_MS" in str(caught.value)
+        assert "from 1 to 60000" in str(caught.value)
+        assert value in str(caught.value)
+
+    @pytest.mark.parametrize("value", [0, 60_001, 10**11, 10**20, True, 1.5])
+    def test_schedule_delay_out_of_range_rejected(self, value: object) -> None:
+        with pytest.raises(ValueError) as caught:
+            configure(use_bus=True, schedule_delay_millis=value, set_global=False)  # type: ignore[arg-type]
+        assert "schedule_delay_millis" in str(caught.value)
+        assert "from 1 to 60000" in str(caught.value)
+        assert repr(value) in str(caught.value)
+
+
+class TestArgumentTypes:
+    @pytest.mark.parametrize("name", ["use_bus", "console", "set_global"])
+    def test_flags_must_be_bool(self, name: str) -> None:
+        with pytest.raises(TypeError) as caught:
+            configure(**{name: "no"})  # type: ignore[arg-type]
+        assert f"{name} must be True or False" in str(caught.value)
+        assert "'no'" in str(caught.value)
+
+    def test_endpoint_must_be_string(self) -> None:
+        with pytest.raises(TypeError, match="otlp_endpoint must be a URL string.* int 4318"):
+            configure(otlp_endpoint=4318, set_global=False)  # type: ignore[arg-type]
+
+    def test_unparsable_endpoint_hides_password(self) -> None:
+        with pytest.raises(ValueError) as caught:
+            configure(otlp_endpoint="http://u:pw-secret@[::1", set_global=False)
+        message = str(caught.value)
+        assert "invalid otlp_endpoint 'http://***@[::1'" in message
+        assert "Invalid IPv6 URL" in message
+        assert "pw-secret" not in message
+
+    @pytest.mark.parametrize(
+        "name", ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
+    )
+    def test_environment_endpoint_validated(
+        self, name: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv(name, "not a url")
+        with pytest.raises(ValueError, match=f"invalid {name} 'not a url'"):
+            configure(set_global=False)
+
 
 class TestBus:
     def test_events_reach_given_bus(self) -> None:
@@ -250,6 +308,46 @@ class TestOtlp:
 
         assert [request.path for request in otlp_receiver.requests] == ["/v1/traces"]
         assert b"env-collector" in otlp_receiver.requests[0].body
+
+    @staticmethod
+    def otlp_timeout(provider: TracerProvider) -> float:
+        # The SDK offers no public way to read a processor's exporter or its timeout.
+        processors = provider._active_span_processor._span_processors  # noqa: SLF001
+        exporter = processors[0]._batch_processor._exporter  # noqa: SLF001
+        return float(exporter._client._timeout)  # noqa: SLF001
+
+    def test_exporter_has_explicit_timeout(self) -> None:
+        provider = configure(otlp_endpoint=f"http://127.0.0.1:{free_port()}", set_global=False)
+        timeout = self.otlp_timeout(provider)
+        provider.shutdown()
+        assert timeout == DEFAULT_OTLP_TIMEOUT_SECONDS
+
+    @pytest.mark.parametrize(
+        "name", ["OTEL_EXPORTER_OTLP_TIMEOUT", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"]
+    )
+    def test_timeout_environment_wins(self, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv(name, "2.5")
+        provider = configure(otlp_endpoint=f"http://127.0.0.1:{free_port()}", set_global=False)
+        timeout = self.otlp_timeout(provider)
+        provider.shutdown()
+        assert timeout == 2.5
+
+    @pytest.mark.parametrize("mode", ["refused", "hang"])
+    def test_shutdown_returns_with_failing_endpoint(self, mode: str) -> None:
+        with contextlib.ExitStack() as stack:
+            if mode == "hang":
+                url = stack.enter_context(SilentReceiver("hang")).url
+            else:
+                # Nothing listens on this port: it was free when checked and nothing binds it.
+                url = f"http://127.0.0.1:{free_port()}"
+            provider = configure(otlp_endpoint=url, set_global=False)
+            for index in range(5):
+                run_node(provider.get_tracer("kaygraph-otel-tests"), f"lost-{index}")
+            stopper = threading.Thread(target=provider.shutdown, daemon=True)
+            stopper.start()
+            # A hang guard only: the bound itself is the exporter's timeout, checked above.
+            stopper.join(HANG_GUARD_S)
+            assert not stopper.is_alive()
 
     def test_invalid_endpoint_rejected(self) -> None:
         with pytest.raises(ValueError, match="invalid otlp_endpoint 'ftp://127.0.0.1:4318'"):

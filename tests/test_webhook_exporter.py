@@ -186,15 +186,24 @@ def deliveries_by_id(
 
 
 class SilentReceiver:
-    """A raw TCP server on 127.0.0.1 that reads each request and then never responds.
+    """A raw TCP server on 127.0.0.1 that reads each request and then never completes a reply.
 
     ``mode="hang"`` keeps each connection open without a byte of reply until
     ``stop``; ``mode="reset"`` closes it with SO_LINGER 0, which sends a TCP RST.
+    ``mode="trickle"`` sends the response headers, then one body byte every
+    ``TRICKLE_INTERVAL_S``; ``mode="trickle-headers"`` sends the headers themselves
+    that way. Either stops after ``TRICKLE_MAX_BYTES`` bytes or at ``stop``.
     """
 
+    TRICKLE_INTERVAL_S = 0.5
+    TRICKLE_MAX_BYTES = 60
+    HEADERS = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"
+
     def __init__(self, mode: str) -> None:
-        if mode not in ("hang", "reset"):
-            raise ValueError(f"mode must be 'hang' or 'reset', got {mode!r}")
+        if mode not in ("hang", "reset", "trickle", "trickle-headers"):
+            raise ValueError(
+                f"mode must be 'hang', 'reset', 'trickle' or 'trickle-headers', got {mode!r}"
+            )
         self.mode = mode
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._listener.settimeout(0.2)
@@ -223,9 +232,26 @@ class SilentReceiver:
             if self.mode == "reset":
                 connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 connection.close()
-            else:
-                with self._lock:
-                    self._open.append(connection)
+                continue
+            with self._lock:
+                self._open.append(connection)
+            if self.mode.startswith("trickle"):
+                threading.Thread(target=self._trickle, args=(connection,), daemon=True).start()
+
+    def _trickle(self, connection: socket.socket) -> None:
+        if self.mode == "trickle-headers":
+            data = self.HEADERS[: self.TRICKLE_MAX_BYTES]
+        else:
+            data = self.HEADERS + b"x" * self.TRICKLE_MAX_BYTES
+            connection.sendall(self.HEADERS)
+            data = data[len(self.HEADERS) :]
+        for index in range(len(data)):
+            if self._stopping.wait(self.TRICKLE_INTERVAL_S):
+                return
+            try:
+                connection.sendall(data[index : index + 1])
+            except OSError:
+                return
 
     @staticmethod
     def _read_request(connection: socket.socket) -> None:
@@ -551,6 +577,26 @@ class TestRetries:
         assert exporter.drops.by_reason() == {"redirect": count}
 
 
+class TestAttemptDeadline:
+    @pytest.mark.parametrize("mode", ["trickle", "trickle-headers"])
+    def test_trickling_endpoint_times_out(self, secret: str, mode: str) -> None:
+        spans = ended_spans(["slow"])
+        with SilentReceiver(mode) as server:
+            # Each byte comes well within read_timeout, so only the attempt deadline ends it.
+            exporter = fast_exporter(
+                server.url, secret, attempt_timeout=1.0, read_timeout=5.0, max_attempts=2
+            )
+            exporter.export(spans)
+            flushed = exporter.force_flush(int(WAIT_S * 1000))
+            stats = exporter.stats()
+            exporter.shutdown()
+
+        assert flushed
+        assert server.accepted == 2
+        assert stats["dropped_by_reason"] == {"timeout": len(encode_spans(spans))}
+        assert stats["exported_events"] == 0
+
+
 class TestQueue:
     def test_full_queue_drops_and_counts(self, secret: str) -> None:
         release = threading.Event()
@@ -697,6 +743,11 @@ class TestArguments:
     def test_reserved_header_rejected(self, secret: str, name: str) -> None:
         with pytest.raises(ValueError, match="is set by the exporter and cannot be replaced"):
             WebhookSpanExporter("http://127.0.0.1:9/hook", secret, headers={name: "x"})
+
+    @pytest.mark.parametrize("value", [0, -1.0, None, float("inf")])
+    def test_attempt_timeout_must_be_positive(self, secret: str, value: Any) -> None:
+        with pytest.raises(ValueError, match="attempt_timeout must be a positive, finite number"):
+            WebhookSpanExporter("http://127.0.0.1:9/hook", secret, attempt_timeout=value)
 
     def test_client_has_explicit_timeouts(self, secret: str) -> None:
         exporter = WebhookSpanExporter(
