@@ -22,6 +22,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from kaygraph_otel_dashboard.app import (
     DEFAULT_HISTORY_RUNS,
@@ -306,10 +307,19 @@ def _run_demo(args: argparse.Namespace) -> int:
             f"cannot create the report directory {str(report_dir)!r}: "
             f"{error.strerror or error}; pass --report-dir with a directory you can write to"
         ) from None
+    # SIGTERM (docker stop, systemd, kill) ends the demo like Ctrl-C, so the
+    # provider flushes its queued spans and the dashboard closes its streams.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return int(demo.run_demo(args))
     except KeyboardInterrupt:
         return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -130,3 +130,37 @@ def test_demo_keeps_dashboard_after_runs_until_stopped(
         stop.set()
         thread.join(30)
     assert outcome == [0]
+
+
+def test_demo_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    import signal
+
+    import httpx
+
+    from tests.helpers import wait_for
+
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kaygraph_otel_dashboard.cli", "demo", "--files", "30",
+         "--interval", "0.2", "--port", str(port), "--report-dir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=demo_environment(),
+        cwd=tmp_path,
+    )  # fmt: skip
+    try:
+
+        def answering() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        assert wait_for(answering, timeout=60, interval=0.2)
+        assert wait_for(lambda: len(list(tmp_path.glob("stdlib-census-*.json"))) >= 1, timeout=60)
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr
