@@ -22,7 +22,6 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 from kaygraph_otel_dashboard.app import (
     DEFAULT_HISTORY_RUNS,
@@ -309,17 +308,15 @@ def _run_demo(args: argparse.Namespace) -> int:
         ) from None
     # SIGTERM (docker stop, systemd, kill) ends the demo like Ctrl-C, so the
     # provider flushes its queued spans and the dashboard closes its streams.
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
         return int(demo.run_demo(args))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _TerminatedError):
         return 0
     finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,8 +1,8 @@
 """Encoding of kaygraph-otel spans into schema events (see ``kaygraph_otel/event.schema.json``).
 
 A started span (``end_time`` None) yields its ``workflow_started`` or
-``node_started`` event; an open span copied with ``kaygraph.live.first_event``
-yields the span events from that position on, which is how the live path
+``node_started`` event. An open span copied with ``kaygraph.live.first_event``
+yields the span events from that position on, and that is how the live path
 reports progress before a span ends. An ended span yields one event per span event whose
 name is a schema event name, then an ``execution_time`` metric event and,
 when the node led to a successor, a ``transition`` event. Event ids are UUID5
@@ -84,7 +84,7 @@ class _SpanFields:
     __slots__ = ("attributes", "trace_id", "span_id", "common", "kind")
 
     def __init__(self, span: ReadableSpan) -> None:
-        # A plain dict: the SDK's attribute mapping answers lookups in Python code.
+        # A plain dict, because lookups in the SDK's attribute mapping run in Python code.
         attributes: Mapping[str, Any] = dict(span.attributes or {})
         context = span.get_span_context()
         self.attributes = attributes
@@ -215,7 +215,11 @@ def _derived_events(span: ReadableSpan, fields: _SpanFields) -> list[Event]:
     attributes = fields.attributes
     failed = span.status.status_code is StatusCode.ERROR
     handled = attributes.get(attr.STATE) == "handled"
-    state = "failed" if failed else "handled" if handled else "completed"
+    state = "completed"
+    if failed:
+        state = "failed"
+    elif handled:
+        state = "handled"
     start, end = span.start_time, span.end_time
     # A span received over OTLP may lack its start time or end before it starts.
     duration_ms = (end - start) / 1e6 if start and end and end >= start else 0.0

@@ -130,7 +130,7 @@ class WebhookSpanExporter(SchemaEventExporter):
         backoff_max_seconds: the maximum backoff delay.
         max_retry_after_seconds: the maximum delay taken from a ``Retry-After`` header.
         max_body_bytes: the largest request body; bigger batches are split.
-        max_queue_bytes: the most body bytes queued for delivery at once.
+        max_queue_bytes: the maximum number of body bytes queued for delivery at once.
         breaker_failures: consecutive failed attempts that open the circuit.
         breaker_reset_seconds: seconds the circuit stays open before a trial request.
         shutdown_timeout_millis: the maximum time ``shutdown`` waits for queued bodies. The

@@ -113,7 +113,7 @@ class Engine(ExecutionWrappers):
         acquire_submit_patch()
 
     def unpatch(self) -> None:
-        # A wrapper that another library wrapped in turn stays in place; with the
+        # A wrapper that another library wrapped in turn stays in place. With the
         # engine inactive it starts no run, so every other wrapper passes through too.
         self.active = False
         self._patcher.unpatch()

@@ -1,7 +1,7 @@
 """Wrappers for the execution step of a node: ``_exec``, batch items, attempts and fallbacks.
 
 Retries, fallbacks and batch items all happen inside ``_exec``. The outermost
-``_exec`` of a run marks the executing phase; for a batch node, each call of
+``_exec`` of a run marks the executing phase. For a batch node, each call of
 the framework's per-item retry loop (``Node._exec`` or ``AsyncNode._exec``)
 is one item, which gets a child span up to the configured cap. Attempts are
 counted per item, or per node outside batches, by wrapping ``exec``.

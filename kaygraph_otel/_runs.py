@@ -33,7 +33,7 @@ def debug_failure(where: str) -> None:
 
 @dataclass(frozen=True)
 class RunOptions:
-    """What the user set for the runs started inside ``run_context``."""
+    """The correlation id and workflow name that ``run_context`` sets for the runs inside it."""
 
     correlation_id: str | None = None
     workflow_name: str | None = None
@@ -205,7 +205,7 @@ def record_exception(span: Span, exc: BaseException) -> None:
 
 
 class Emitter:
-    """Emits schema events as span events, log records, or both, as the settings say."""
+    """Emits schema events as span events, log records, or both, as ``event_signal`` selects."""
 
     def __init__(self, settings: Settings, event_logger: EventLogger | None) -> None:
         self.settings = settings
