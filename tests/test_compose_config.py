@@ -31,6 +31,7 @@ import pytest
 import yaml
 
 from kaygraph_otel.config import ENV_PREFIX, Settings
+from kaygraph_otel_dashboard import cli
 from kaygraph_otel_dashboard.cli import build_parser
 from kaygraph_otel_dashboard.server import DEFAULT_PORT
 from tests.helpers import free_port, wait_for
@@ -654,8 +655,13 @@ def _parse_as_compose(service: str, monkeypatch: pytest.MonkeyPatch) -> Any:
     environment = _environment(load_configs().compose["services"][service])
     for variable, value in environment.items():
         monkeypatch.setenv(variable, COMPOSE_TOKEN if "${" in value else value)
-    # The CLI reads its environment variables when it builds the parser.
-    return build_parser().parse_args(_command(load_configs().compose["services"][service]))
+    args = build_parser().parse_args(_command(load_configs().compose["services"][service]))
+    # The command handlers fill options left out on the command line from the
+    # environment, naming the variable in their errors.
+    cli._fill_from_env(args, "redis_url", "--redis-url", cli.ENV_REDIS_URL)
+    if hasattr(args, "token"):
+        cli._fill_from_env(args, "token", "--token", cli.ENV_TOKEN, strip=False)
+    return args
 
 
 def test_dashboard_command_parses(monkeypatch: pytest.MonkeyPatch) -> None:
