@@ -238,12 +238,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _TerminatedError(Exception):
-    """SIGTERM arrived while the dashboard was serving."""
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM arrived while a command was running.
+
+    It is a KeyboardInterrupt so that asyncio.run, which the demo's async workflow
+    runs in, lets it out of the event loop instead of logging it as a callback error.
+    """
 
 
 def _raise_terminated(signum: int, frame: FrameType | None) -> None:
-    raise _TerminatedError
+    raise _Terminated
 
 
 def _run_dashboard(args: argparse.Namespace) -> int:
@@ -276,7 +280,7 @@ def _run_dashboard(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
         serve(app, args.host, args.port, log_level=args.log_level, on_ready=announce)
-    except (KeyboardInterrupt, _TerminatedError):
+    except KeyboardInterrupt:
         pass
     finally:
         if in_main_thread:
@@ -312,7 +316,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
         return int(demo.run_demo(args))
-    except (KeyboardInterrupt, _TerminatedError):
+    except KeyboardInterrupt:
         return 0
     finally:
         if in_main_thread:
