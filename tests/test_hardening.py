@@ -133,7 +133,8 @@ class Never(pocketflow.Node):
 def test_non_string_action_records_no_transition(memory: InMemorySpanExporter) -> None:
     first = NumberAction()
     first >> Never()
-    pocketflow.Flow(start=first).run({})
+    with pytest.warns(UserWarning, match="Flow ends"):
+        pocketflow.Flow(start=first).run({})
     spans: list[ReadableSpan] = list(memory.get_finished_spans())
     node = next(s for s in spans if s.name == "node NumberAction")
     assert attr.NEXT_NODE_ID not in node.attributes
