@@ -11,7 +11,7 @@ batch, and never after the events of the same span's end.
 
 While a span is open, a progress thread looks at it every
 ``schedule_delay_millis`` and queues another pending copy that carries the
-events added since the last look (``kaygraph.live.first_event`` says which),
+events added since the last look (``kaygraph.live.first_event`` marks where they start),
 so a retry or the start of ``exec`` in a long-running node shows up while the
 node runs. The ended span then carries the same marker, and the exporter skips
 the events that were already sent.

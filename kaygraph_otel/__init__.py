@@ -184,8 +184,8 @@ def _instrument(
             name=name,
         ) from None
     # The dependency check reads installed distribution metadata, which a
-    # framework importable from a source tree does not have; the import above
-    # is the check that matters for a direct call.
+    # framework importable from a source tree does not have. For a direct call
+    # the import above is the check that matters.
     instrumentor.instrument(skip_dep_check=True, **options)
     return instrumentor
 

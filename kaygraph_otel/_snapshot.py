@@ -1,8 +1,9 @@
 """Safe, bounded, scrubbed JSON snapshots of node inputs and outputs.
 
-A snapshot never raises and never changes the value it describes: cycles,
-objects whose ``repr`` fails, bytes, NaN, huge strings, deep nesting and
-non-string keys all become plain JSON values or short markers.
+A snapshot catches every exception and only reads the value it describes,
+through iteration, ``len`` and ``repr``. Cycles, objects whose ``repr`` fails,
+bytes, NaN, huge strings, deep nesting and non-string keys all become plain
+JSON values or short markers.
 """
 
 from __future__ import annotations
@@ -170,7 +171,7 @@ def snapshot_json(
     """Return the JSON text of a bounded, scrubbed copy of ``value``, and the scrubbed paths.
 
     The text is at most ``max_bytes`` bytes of UTF-8. A larger snapshot is
-    replaced by a JSON object that says so and keeps a prefix of the text.
+    replaced by a JSON object marked truncated that keeps a prefix of the text.
     """
     snapshotter = _Snapshotter(scrub, extra_patterns)
     try:

@@ -94,7 +94,7 @@ class StructureCache:
     Walking a graph costs far more per node than checking that it is unchanged,
     and a graph is usually built once and run many times. An entry is reused only
     while the same graph object has the same nodes, node ids, successors and
-    nested graphs; any change makes the next run walk it again. Entries hold the
+    nested graphs. Any change makes the next run walk it again. Entries hold the
     graph and its nodes through weak references, so a graph that the application
     drops is freed with its nodes.
     """
@@ -180,7 +180,7 @@ def walk_graph(
     Args:
         graph: the graph whose nodes are walked; the graph itself is not a node
             of the result.
-        is_graph: tells whether an object is a graph of the instrumented framework.
+        is_graph: returns whether an object is a graph of the instrumented framework.
         max_nodes: the walk stops after this many nodes and marks the result truncated.
         known_ids: ids already given to nodes, reused so a node keeps one id per run.
         graph_id: the id of ``graph``, recorded as the parent of its top-level nodes.
