@@ -88,7 +88,7 @@ def run_once(
 
 
 def run_demo(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
-    """Run the demo as the CLI's arguments say; return the exit status.
+    """Run the demo with the CLI's arguments and return the exit status.
 
     Args:
         args: ``port``, ``runs`` (0 runs until interrupted), ``redis_url``,

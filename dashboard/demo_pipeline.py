@@ -1,13 +1,13 @@
 """The demo workflow: a census of the Python standard library's source files.
 
-Four nodes in a row, as in the original monitoring design:
+Four nodes in a row:
 ``DataSourceNode >> ProcessingNode >> ValidationNode >> OutputNode``.
 The data source lists ``.py`` files of this interpreter's standard library,
 processing parses each one with ``ast`` in a parallel batch node and counts
 functions, classes and lines, validation checks the totals, and the output
-node writes a JSON report. Some standard-library files do not parse (test
-data with deliberate syntax or encoding errors); those raise real errors,
-are retried, and are then recorded by the fallback.
+node writes a JSON report. Some standard-library files are test data with
+deliberate syntax or encoding errors. Those raise real errors, are retried,
+and are then recorded by the fallback.
 
 The same nodes are built on KayGraph (a thread-pool ``ParallelBatchNode``) or
 on PocketFlow (an ``AsyncParallelBatchNode`` handing each parse to a thread).

@@ -85,7 +85,7 @@ def event_message(event: Event) -> ServerSentEvent | None:
 
 
 def reset_message(reason: str) -> ServerSentEvent:
-    """Return the ``event: reset`` message, which asks the client to reload ``/api/state``."""
+    """Return the ``event: reset`` message, which tells the client to reload ``/api/state``."""
     data = json.dumps({"reason": reason, "state_url": STATE_URL}, separators=(",", ":"))
     return ServerSentEvent(data=data, event="reset")
 

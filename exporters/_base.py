@@ -99,7 +99,7 @@ class SchemaEventExporter(SpanExporter, abc.ABC):
         self._include_started = include_started
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        """Encode ``spans`` and pass all their events to ``_submit``. Never raises."""
+        """Encode ``spans`` and pass all their events to ``_submit``; no ``Exception`` escapes."""
         if self._shutdown_event.is_set():
             self._logger.debug("Export called after shutdown. Ignoring %d spans", len(spans))
             return SpanExportResult.FAILURE

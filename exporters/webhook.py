@@ -21,7 +21,7 @@ and signature are renewed per attempt.
 Delivery
 --------
 ``export`` only encodes the events, packs them into bodies of at most
-``max_body_bytes`` and queues them; one daemon thread per exporter sends them,
+``max_body_bytes`` and queues them. One daemon thread per exporter sends them,
 so a slow or failing endpoint never holds up the SDK's export thread. The
 queue holds at most ``max_queue_bytes`` of bodies; a body that does not fit is
 dropped (``queue_full``). A single event larger than ``max_body_bytes`` is

@@ -26,7 +26,7 @@ def node_key(node: Any) -> int:
 
     Graphs run shallow copies of the nodes that the user built. A shallow copy
     shares the original's ``successors`` dict, so that dict's id identifies the
-    original for as long as the graph holds it.
+    original for as long as the graph keeps a reference to it.
     """
     successors = getattr(node, "successors", None)
     return id(successors) if isinstance(successors, dict) else id(node)

@@ -28,7 +28,7 @@ class Settings:
         scrub_patterns: extra regular expressions, matched against keys and string values.
         max_item_spans: per batch node, how many items get their own child span; the
             rest are counted on the node span.
-        max_graph_nodes: the most nodes recorded in a workflow's structure.
+        max_graph_nodes: the maximum number of nodes recorded in a workflow's structure.
         events: the schema event names to emit; an empty set emits all of them.
         event_signal: "span" records schema events as span events, "log" as log
             records, "both" as both.
